@@ -1,0 +1,158 @@
+"""Wire one run: experiment + trainer + bus + sinks, logging and signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.config import RunConfig, config_hash, dump_yaml
+from engine.fsutil import atomic_write_text
+from engine.registry import get_experiment
+from engine.sinks.results import ResultsSink
+from engine.telemetry.bus import EventBus
+from engine.telemetry.events import RunEnded
+from engine.training.trainer import Outcome, Trainer, pick_device
+
+log = logging.getLogger("engine.run")
+
+#: Process exit code per final run status (2 is reserved for bad input).
+EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}
+
+
+@contextmanager
+def run_logging(run_dir: Path) -> Iterator[None]:
+    """Add ``run_dir/run.log`` to the root logger for the duration of a run."""
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to stop after the current step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.warning("received %s: finishing the current step", signal.Signals(signum).name)
+        trainer.request_stop()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _sink_names(cfg: RunConfig) -> tuple[str, ...]:
+    """Names of the enabled sinks (labels of ``plasticity_sink_errors_total``)."""
+    t = cfg.telemetry
+    names = ["results"] + [n for n, on in (("tensorboard", t.tensorboard), ("mlflow", t.mlflow),
+                                           ("console", t.console != "off")) if on]
+    return tuple(names + (["prometheus"] if t.metrics_port else []))
+
+
+def _serve_metrics(cfg: RunConfig) -> Any:
+    """Bind the metrics endpoint (or return None when disabled).
+
+    Called before anything is written, so a busy port is bad input that leaves
+    no run directory behind.
+    """
+    t = cfg.telemetry
+    if not t.metrics_port:
+        return None
+    from engine.sinks.prometheus import PrometheusSink
+
+    return PrometheusSink(t.metrics_port, t.metrics_host, t.auto_port, _sink_names(cfg), t.neuron_topk)
+
+
+def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int], prom: Any) -> None:
+    """Attach ``prom`` (if any) and the other enabled sinks."""
+    t = cfg.telemetry
+    if prom is not None:
+        atomic_write_text(run_dir / "endpoint.json", json.dumps({"host": prom.host, "port": prom.port}))
+        log.info("metrics at http://%s:%d/metrics", prom.host, prom.port)
+        bus.attach(prom)
+    bus.attach(ResultsSink(run_dir))
+    if t.tensorboard:
+        from engine.sinks.tensorboard import TensorBoardSink
+
+        bus.attach(TensorBoardSink(run_dir / "tensorboard"))
+    if t.mlflow:
+        from engine.sinks.mlflow_sink import MlflowSink
+
+        # MLflow retries an unreachable server for minutes by default, blocking
+        # training; a failing sink should cost seconds, then be disabled.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(cfg.output_dir).resolve() / "mlruns").as_uri()
+        bus.attach(MlflowSink(run_dir, run_dir.name, tracking_uri=uri))
+    if t.console != "off":
+        from engine.sinks.console import ConsoleSink
+
+        bus.attach(ConsoleSink(t.console, phases))
+
+
+def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
+    """Run one experiment into ``run_dir`` and return how it ended.
+
+    Bad input raises :class:`~engine.errors.ConfigError` before training starts;
+    an unexpected exception is recorded as status ``failed`` (metrics.json and
+    every sink see it) and re-raised.
+    """
+    # Input checks that need the machine (device, port) come before anything is written.
+    device = pick_device(cfg.train.device)
+    prom = _serve_metrics(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        dump_yaml(cfg, run_dir / "config.yaml")
+    with run_logging(run_dir):
+        try:
+            experiment = get_experiment(cfg.experiment).factory(cfg, device)
+            bus = EventBus(strict=cfg.telemetry.strict_sinks)
+            run_id = config_hash(cfg)
+            trainer = Trainer(experiment, bus, run_id, run_dir, cfg.to_dict(), cfg.train.checkpoint_every)
+            if resume and not trainer.resume():
+                log.warning("no checkpoint in %s: starting from the beginning", run_dir)
+            _sinks(cfg, run_dir, bus, dict(experiment.phases()), prom)
+        except BaseException:
+            if prom is not None:  # not attached to a bus yet: free the port here
+                prom.close()
+            raise
+        try:
+            with stop_on_signals(trainer):
+                outcome = trainer.run()
+        except Exception as exc:
+            log.exception("run failed")
+            outcome = Outcome("failed", trainer.final_metrics(), f"{type(exc).__name__}: {exc}")
+            bus.publish(RunEnded(run_id, "failed", outcome.metrics, outcome.error))
+            raise
+        finally:
+            if prom is not None:
+                # Let Prometheus see the final state (e.g. a divergence) before exit.
+                prom.linger(cfg.telemetry.metrics_linger)
+                (run_dir / "endpoint.json").unlink(missing_ok=True)
+            bus.close()
+        log.info("run %s ended: %s", run_id, outcome.status)
+        return outcome
+
+
+def console_mode_is_rich(mode: str) -> bool:
+    """Whether the console sink will draw a live view (so stderr logs stay quiet)."""
+    return mode == "rich" or (mode == "auto" and sys.stderr.isatty())

@@ -1,0 +1,1 @@
+"""Experiment families; each module registers itself with :mod:`engine.registry`."""

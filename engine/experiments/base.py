@@ -1,0 +1,76 @@
+"""The contract between the generic trainer and an experiment family.
+
+The trainer owns the loop, timing, non-finite detection, signals, checkpoints
+and event publishing; an experiment owns its model, optimizer, data and
+mechanisms. Experiments return plain event objects for the trainer to publish
+and never see the bus or any sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+import torch
+
+from engine.telemetry.events import LayerSignal, SeedSnapshot
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step produced."""
+
+    loss: float  # may be NaN/Inf: the trainer checks
+    samples: int
+    grad_norm: float
+    events: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class EpochReport:
+    """End-of-epoch evaluation and mechanism outcome."""
+
+    metrics: dict[str, float]
+    events: list[Any] = field(default_factory=list)
+    seeds: tuple[SeedSnapshot, ...] = ()
+    layers: tuple[LayerSignal, ...] = ()
+    plateau: int = 0
+    patience: int = 0
+
+
+class Experiment(Protocol):
+    """An experiment family plugged into :class:`engine.training.trainer.Trainer`."""
+
+    device: torch.device
+
+    def phases(self) -> list[tuple[str, int]]:
+        """Ordered ``(phase name, epochs)``; total epochs is their sum."""
+        ...
+
+    def batches(self, epoch: int, phase: str) -> Iterator[Any]:
+        """Training batches of one epoch (deterministic given saved RNG state)."""
+        ...
+
+    def train_step(self, batch: Any, step: int) -> StepResult:
+        """Forward, backward and optimizer step on one batch."""
+        ...
+
+    def end_epoch(self, epoch: int, phase: str) -> EpochReport:
+        """Evaluate, run mechanisms, and report."""
+        ...
+
+    def parameter_count(self) -> int:
+        """Number of model parameters (grows with structure)."""
+        ...
+
+    def learning_rate(self) -> float:
+        """Current main learning rate."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (model, optimizer, mechanisms, RNG)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...

@@ -1,0 +1,1 @@
+"""Models. Models never import sinks, the trainer or the CLI."""

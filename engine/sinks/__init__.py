@@ -1,0 +1,1 @@
+"""Telemetry sinks: backends that subscribe to the event bus."""

@@ -1,0 +1,231 @@
+"""Prometheus sink: a private registry served over HTTP from a background thread.
+
+All names come from :mod:`engine.telemetry.catalog`. Per-neuron signals are
+reduced here to bounded per-layer series (quantiles, top-k by rank slot, dead
+unit counts), so the series count per run is fixed by seeds x layers, never by
+the number of neurons.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               start_http_server)
+
+from engine import __version__
+from engine.errors import ConfigError
+from engine.telemetry import events as ev
+from engine.telemetry.catalog import CATALOG, NEURON_QUANTILES, MetricSpec
+
+log = logging.getLogger(__name__)
+
+#: EpochCompleted.metrics key -> catalog short name (run_id label only).
+_SCALARS = {
+    "train_loss": "train_loss",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy_ratio",
+    "best_val_accuracy": "best_val_accuracy_ratio",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+}
+
+
+class _ScrapeWatch:
+    """A collector that yields nothing but records when the registry is scraped."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0.0
+        self.cond = threading.Condition()
+
+    def describe(self) -> list[Any]:
+        return []  # keeps registration from calling collect()
+
+    def collect(self) -> list[Any]:
+        with self.cond:
+            self.count += 1
+            self.last = time.time()
+            self.cond.notify_all()
+        return []
+
+
+def _make(spec: MetricSpec, registry: CollectorRegistry) -> Any:
+    name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+    if spec.kind == "counter":
+        return Counter(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "histogram":
+        return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+    return Gauge(name, spec.help, spec.labels, registry=registry)
+
+
+class PrometheusSink:
+    """Exports catalog metrics for one run on ``host:port``."""
+
+    name = "prometheus"
+
+    def __init__(self, port: int, host: str = "127.0.0.1", auto_port: bool = False,
+                 sink_names: tuple[str, ...] = (), topk: int = 3) -> None:
+        # Counters and histograms would also export ``*_created`` series, which
+        # are not in the catalog and would break its series budget.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.m: dict[str, Any] = {s.name.removeprefix("plasticity_"): _make(s, self.registry) for s in CATALOG}
+        self._watch = _ScrapeWatch()
+        self.registry.register(self._watch)  # type: ignore[arg-type]
+        self._sink_names = sink_names
+        self.topk = topk
+        self._device = "cpu"
+        self.run_id = ""
+        self._ended_at = 0.0
+        self.host = host
+        self.port, self._server = self._bind(port, host, auto_port)
+        self._child: dict[str, Any] = {}
+
+    def _bind(self, port: int, host: str, auto_port: bool) -> tuple[int, Any]:
+        last = 99 if auto_port else 0
+        for candidate in range(port, min(port + last, 65535) + 1):
+            try:
+                server, _thread = start_http_server(candidate, addr=host, registry=self.registry)
+                return candidate, server
+            except OSError as exc:
+                err = exc
+        raise ConfigError(
+            "metrics_port", port,
+            f"{host}:{port} is busy ({err.strerror}); choose a free port with --metrics_port, "
+            "--auto_port to take the next free one, or 0 to disable",
+        )
+
+    # -- handlers -----------------------------------------------------------
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        """Event type -> handler."""
+        return {
+            ev.RunStarted: self._started, ev.StepCompleted: self._step,
+            ev.EpochCompleted: self._epoch, ev.SeedTransition: self._transition,
+            ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
+            ev.RunEnded: self._ended,
+        }
+
+    def _c(self, short: str) -> Any:
+        # Cached child for the run_id-only metrics: .labels() is the slow part.
+        child = self._child.get(short)
+        if child is None:
+            child = self._child[short] = self.m[short].labels(run_id=self.run_id)
+        return child
+
+    def _started(self, e: ev.RunStarted) -> None:
+        import torch  # version only; already imported by the trainer
+
+        self.run_id = e.run_id
+        self._device = e.device
+        self._child.clear()
+        self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
+        self.m["run_info"].labels(e.run_id, e.experiment, e.device).set(1)
+        self._one_hot("run_status", "status", ev.RUN_STATUSES, "running")
+        for short in ("steps_total", "epochs_total", "nonfinite_loss_steps_total", "germinations_total"):
+            self._c(short)  # expose counters at 0 from the start
+        for state in ev.SEED_STATES:
+            self.m["seed_transitions_total"].labels(e.run_id, state)
+        for sink in self._sink_names:
+            self.m["sink_errors_total"].labels(e.run_id, sink)
+        self._c("model_parameters").set(e.parameters)
+        self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
+        self._c("last_step_timestamp_seconds").set(time.time())
+
+    def _one_hot(self, short: str, label: str, values: tuple[str, ...], current: str, **extra: str) -> None:
+        for v in values:
+            self.m[short].labels(run_id=self.run_id, **extra, **{label: v}).set(1.0 if v == current else 0.0)
+
+    def _step(self, e: ev.StepCompleted) -> None:
+        self._c("steps_total").inc()
+        self._c("last_step_timestamp_seconds").set(e.timestamp)
+
+    def _nonfinite(self, e: ev.NonFiniteLoss) -> None:
+        self._c("nonfinite_loss_steps_total").inc()
+
+    def _epoch(self, e: ev.EpochCompleted) -> None:
+        self._c("epochs_total").inc()
+        for key, short in _SCALARS.items():
+            if key in e.metrics:
+                self._c(short).set(e.metrics[key])
+        dev = e.metrics.get("device_memory_used_bytes")
+        if dev is not None:
+            self.m["device_memory_used_bytes"].labels(self.run_id, self._device).set(dev)
+            limit = e.metrics["device_memory_limit_bytes"]
+            self.m["device_memory_limit_bytes"].labels(self.run_id, self._device).set(limit)
+        self._one_hot("training_phase", "phase", ev.PHASES, e.phase)
+        self.m["epoch_duration_seconds"].labels(self.run_id).observe(e.duration_seconds)
+        self._c("samples_per_second").set(e.samples_per_second)
+        self._c("training_progress_ratio").set(e.progress)
+        self._c("model_parameters").set(e.parameters)
+        self._c("plateau_epochs").set(e.plateau)
+        self._c("plateau_patience_epochs").set(e.patience)
+        for s in e.seeds:
+            lab = {"seed": s.seed_id, "layer": s.layer}
+            self._one_hot("seed_state", "state", ev.SEED_STATES, s.state, **lab)
+            self.m["seed_alpha_ratio"].labels(run_id=self.run_id, **lab).set(s.alpha)
+            self.m["seed_drift_ratio"].labels(run_id=self.run_id, **lab).set(s.drift)
+            self.m["seed_health"].labels(run_id=self.run_id, **lab).set(s.health)
+            self.m["seed_train_loss"].labels(run_id=self.run_id, **lab).set(s.train_loss)
+        for sig in e.layers:
+            self._layer(sig)
+
+    def _layer(self, sig: ev.LayerSignal) -> None:
+        v = np.asarray(sig.values, dtype=np.float64).ravel()  # [units]
+        self.m["layer_units"].labels(self.run_id, sig.layer).set(v.size)
+        self.m["layer_dead_units"].labels(self.run_id, sig.layer).set(int((v <= sig.dead_threshold).sum()))
+        if v.size == 0:
+            return
+        qs = np.quantile(v, [float(q) for q in NEURON_QUANTILES])
+        for q, val in zip(NEURON_QUANTILES, qs):
+            self.m["neuron_activation_quantile"].labels(self.run_id, sig.layer, q).set(float(val))
+        top = np.sort(v)[::-1][: self.topk]
+        for rank, val in enumerate(top, start=1):
+            self.m["neuron_activation_topk"].labels(self.run_id, sig.layer, str(rank)).set(float(val))
+
+    def _transition(self, e: ev.SeedTransition) -> None:
+        self.m["seed_transitions_total"].labels(self.run_id, e.to_state).inc()
+        if e.to_state == "training":
+            self._c("germinations_total").inc()
+
+    def _sink_failed(self, e: ev.SinkFailed) -> None:
+        self.m["sink_errors_total"].labels(self.run_id, e.sink).inc()
+
+    def _ended(self, e: ev.RunEnded) -> None:
+        self._one_hot("run_status", "status", ev.RUN_STATUSES, e.status)
+        self._one_hot("training_phase", "phase", ev.PHASES, "done")
+        self._ended_at = time.time()
+
+    # -- lifecycle ----------------------------------------------------------
+    @property
+    def scrapes(self) -> int:
+        """How many times the endpoint has been scraped."""
+        return self._watch.count
+
+    def linger(self, max_seconds: float) -> bool:
+        """Keep serving until one scrape after the run ended, at most ``max_seconds``.
+
+        Skipped when nobody ever scraped (nobody would see the final values).
+        Returns True if a post-end scrape was served.
+        """
+        if max_seconds <= 0 or self._watch.count == 0:
+            return False
+        deadline = time.time() + max_seconds
+        ended = self._ended_at or time.time()
+        with self._watch.cond:
+            while self._watch.last <= ended:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return False
+                self._watch.cond.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        """Stop the HTTP server and free the port."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,72 @@
+"""Results sink: ``metrics.json`` (latest/final status and metrics) and JSONL history.
+
+``metrics.json`` is rewritten atomically after every epoch with status
+``running``, so a run killed at any moment still leaves its last complete
+numbers; ``history.jsonl`` gets one line per epoch and ``events.jsonl`` one
+line per lifecycle event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.fsutil import atomic_write_text
+from engine.telemetry import events as ev
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN/Inf: write them as strings so files stay valid JSON.
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in d.items()}
+
+
+class ResultsSink:
+    """Writes the run's result files into ``run_dir``."""
+
+    name = "results"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.doc: dict[str, Any] = {"status": "running", "metrics": {}, "error": ""}
+        self._history = open(self.run_dir / "history.jsonl", "a", encoding="utf-8")
+        self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
+
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        """Event type -> handler."""
+        return {ev.RunStarted: self._started, ev.EpochCompleted: self._epoch,
+                ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
+                ev.SinkFailed: self._event, ev.RunEnded: self._ended}
+
+    def _write(self) -> None:
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
+
+    def _started(self, e: ev.RunStarted) -> None:
+        self.doc.update(run_id=e.run_id, experiment=e.experiment, device=e.device, status="running")
+        self._write()
+
+    def _epoch(self, e: ev.EpochCompleted) -> None:
+        row = {"epoch": e.epoch, "phase": e.phase, "step": e.step, **e.metrics,
+               "samples_per_second": e.samples_per_second, "duration_seconds": e.duration_seconds,
+               "seeds": {s.seed_id: {"state": s.state, "alpha": s.alpha, "drift": s.drift} for s in e.seeds}}
+        self._history.write(json.dumps(_clean(row)) + "\n")
+        self._history.flush()
+        self.doc["metrics"] = _clean({**e.metrics, "epoch": e.epoch})
+        self._write()
+
+    def _event(self, e: Any) -> None:
+        self._events.write(json.dumps(_clean({"event": type(e).__name__, **asdict(e)})) + "\n")
+        self._events.flush()
+
+    def _ended(self, e: ev.RunEnded) -> None:
+        self._event(e)
+        self.doc.update(status=e.status, error=e.error, metrics=_clean(dict(e.metrics)))
+        self._write()
+
+    def close(self) -> None:
+        """Close the JSONL files."""
+        self._history.close()
+        self._events.close()

@@ -1,0 +1,128 @@
+"""TensorBoard sink: scalars, per-neuron histograms and a text log of events.
+
+Global step is the epoch everywhere, so every panel shares one x-axis. The
+backend is imported in the constructor, keeping ``import engine`` light when
+TensorBoard is disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import SinkUnavailableError
+from engine.telemetry import events as ev
+
+log = logging.getLogger(__name__)
+
+
+class TensorBoardSink:
+    """Writes one run's telemetry as TensorBoard event files under ``log_dir``.
+
+    Tags: ``metrics/<key>`` for every epoch metric, ``run/<field>`` for
+    throughput, duration, plateau, progress and parameter count,
+    ``seeds/<seed_id>/<field>``, histograms ``neurons/<layer>/<signal>``, and
+    text entries under ``config`` and ``events``.
+    """
+
+    name = "tensorboard"
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise SinkUnavailableError("tensorboard", "tensorboard") from exc
+        self.log_dir = Path(log_dir)
+        self._make_writer = SummaryWriter
+        self._w: Any = None  # created on first use, see _writer
+        # TensorBoard treats a step lower than one already seen as a restart and
+        # discards newer data, so text events never go back in time.
+        self._step = 0
+        self._closed = False
+
+    @property
+    def _writer(self) -> Any:
+        """The event-file writer, created on first use: like MLflow's unreachable
+        server, an unwritable ``log_dir`` then fails in a handler, which the bus
+        isolates, instead of failing the whole run in the constructor."""
+        if self._w is None:
+            self._w = self._make_writer(log_dir=str(self.log_dir))
+        return self._w
+
+    def handlers(self) -> dict[type, Any]:
+        """Event type -> handler."""
+        return {
+            ev.RunStarted: self._on_run_started,
+            ev.EpochCompleted: self._on_epoch,
+            ev.SeedTransition: self._on_transition,
+            ev.NonFiniteLoss: self._on_nonfinite,
+            ev.SinkFailed: self._on_sink_failed,
+            ev.RunEnded: self._on_run_ended,
+        }
+
+    def _on_run_started(self, e: ev.RunStarted) -> None:
+        self._step = e.start_epoch
+        summary = (
+            f"run `{e.run_id}` ({e.experiment}) on {e.device}, {e.parameters:,} parameters, "
+            f"{e.total_epochs} epochs from epoch {e.start_epoch}, dir `{e.run_dir}`"
+        )
+        # Four-space indent renders as a code block in TensorBoard's markdown view.
+        cfg = json.dumps(e.config, indent=2, sort_keys=True, default=str)
+        self._writer.add_text("run", summary, e.start_epoch)
+        self._writer.add_text("config", "    " + cfg.replace("\n", "\n    "), e.start_epoch)
+
+    def _on_epoch(self, e: ev.EpochCompleted) -> None:
+        w, step = self._writer, e.epoch
+        self._step = max(self._step, step)
+        for key, value in e.metrics.items():
+            w.add_scalar(f"metrics/{key}", float(value), step)
+        for key, value in (
+            ("samples_per_second", e.samples_per_second),
+            ("duration_seconds", e.duration_seconds),
+            ("plateau", e.plateau),
+            ("progress", e.progress),
+            ("parameters", e.parameters),
+        ):
+            w.add_scalar(f"run/{key}", float(value), step)
+        for s in e.seeds:
+            for key in ("alpha", "drift", "health", "train_loss"):
+                w.add_scalar(f"seeds/{s.seed_id}/{key}", float(getattr(s, key)), step)
+        for sig in e.layers:
+            values = np.asarray(sig.values, dtype=np.float64).ravel()
+            values = values[np.isfinite(values)]  # numpy cannot bin NaN/Inf
+            if values.size:
+                w.add_histogram(f"neurons/{sig.layer}/{sig.signal}", values, step)
+
+    def _text(self, text: str) -> None:
+        self._writer.add_text("events", text, self._step)
+
+    def _on_transition(self, e: ev.SeedTransition) -> None:
+        self._step = max(self._step, e.epoch)
+        why = f" ({e.reason})" if e.reason else ""
+        self._text(f"epoch {e.epoch}: seed `{e.seed_id}` on `{e.layer}` "
+                   f"{e.from_state} -> {e.to_state}{why}")
+
+    def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
+        self._step = max(self._step, e.epoch)
+        self._text(f"epoch {e.epoch}, step {e.step}: non-finite loss {e.value}")
+
+    def _on_sink_failed(self, e: ev.SinkFailed) -> None:
+        self._text(f"sink `{e.sink}` failed and was disabled: {e.error}")
+
+    def _on_run_ended(self, e: ev.RunEnded) -> None:
+        finals = ", ".join(f"{k}={v:.4g}" for k, v in e.metrics.items() if math.isfinite(v))
+        err = f"; error: {e.error}" if e.error else ""
+        self._text(f"run `{e.run_id}` ended: {e.status}" + (f"; {finals}" if finals else "") + err)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            if self._w is not None:
+                self._w.close()

@@ -1,0 +1,256 @@
+"""Run sweep trials as subprocesses, ``parallel`` at a time, in one poll loop.
+
+Each trial gets ``<sweep_dir>/run_<NNN>_<run_id>/`` with its ``config.yaml``
+(metrics port pre-picked, ``auto_port`` on), and runs ``trial_command(run_dir)``
+with stdout+stderr in ``stdout.log``. When the trial writes ``endpoint.json``
+its endpoint joins the sweep's Prometheus ``file_sd`` file until it exits.
+Its ``metrics.json`` (or the exit status) becomes a ``sweep_summary.csv`` row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Collection
+
+from engine.config import dump_yaml
+from engine.sweep.file_sd import TargetsFile
+from engine.sweep.grid import Trial
+from engine.sweep.summary import METRIC_COLUMNS, SummaryCsv
+
+log = logging.getLogger("engine.sweep")
+
+#: Final trial statuses that are not failures: a diverged trial is a result of
+#: its hyper-parameters, an interrupted one was stopped on request.
+OK_STATUSES = frozenset({"finished", "diverged", "interrupted"})
+_POLL = 0.05
+
+
+def default_trial_command(run_dir: Path) -> list[str]:
+    """``python -m engine trial <run_dir>``: run one trial from its config.yaml."""
+    return [sys.executable, "-m", "engine", "trial", str(run_dir)]
+
+
+@dataclass
+class SweepResult:
+    """Outcome of :func:`run_sweep`; ``rows`` are summary rows in trial order."""
+
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+    failed: int
+    interrupted: bool
+
+
+@dataclass
+class _Running:
+    trial: Trial
+    run_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_fh: IO[bytes]
+    started: float
+    registered: bool = False
+    signalled: int = 0  # how many sweep signals were forwarded to this trial
+
+
+def run_sweep(
+    trials: list[Trial],
+    sweep_dir: Path,
+    *,
+    sweep_name: str,
+    parallel: int = 1,
+    file_sd_dir: Path | None = None,
+    trial_command: Callable[[Path], list[str]] = default_trial_command,
+    env: dict[str, str] | None = None,
+) -> SweepResult:
+    """Run ``trials`` and return their summary rows.
+
+    ``env`` adds variables to this process's environment for the trials. A
+    failed trial does not stop the sweep. SIGINT/SIGTERM (main thread only)
+    forwards SIGTERM to running trials, waits for them and starts no new ones;
+    a second signal SIGKILLs them.
+    """
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    param_keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    summary = SummaryCsv(sweep_dir / "sweep_summary.csv", param_keys)
+    targets = TargetsFile(Path(file_sd_dir) / f"{sweep_name}.json") if file_sd_dir else None
+    child_env = _child_env(env)
+    pending, running = list(trials), list[_Running]()
+    rows: list[dict[str, Any]] = []
+    ports: set[int] = set()  # handed out in this sweep: never twice
+    signals = {"count": 0}
+    restore = _install_handlers(signals)
+    log.info("sweep %s: %d trial(s), %d at a time -> %s", sweep_name, len(trials), max(1, parallel), sweep_dir)
+    try:
+        while pending or running:
+            if signals["count"] and pending:
+                log.warning("sweep %s interrupted: %d trial(s) not started", sweep_name, len(pending))
+                pending.clear()
+            while pending and len(running) < max(1, parallel):
+                running.append(_start(pending.pop(0), sweep_dir, trial_command, child_env, ports))
+            for r in list(running):
+                _stop(r, signals["count"])
+                if targets is not None and not r.registered:
+                    _register(r, targets, sweep_name)
+                if r.proc.poll() is not None:
+                    running.remove(r)
+                    row = _finish(r, targets)
+                    summary.append(row)
+                    rows.append(row)
+            time.sleep(_POLL)
+    finally:
+        for r in running:  # only on an unexpected error: leave no orphans
+            r.proc.kill()
+            r.proc.wait()
+            r.log_fh.close()
+        if targets is not None:
+            targets.clear()
+        restore()
+    rows.sort(key=lambda row: row["trial"])
+    failed = sum(row["status"] not in OK_STATUSES for row in rows)
+    return SweepResult(sweep_dir, rows, failed, interrupted=bool(signals["count"]))
+
+
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # `python -m engine` must import this very engine even when the sweep was
+    # started through scripts/run.py or from another working directory.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return {**env, **(extra or {})}
+
+
+def _install_handlers(signals: dict[str, int]) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        log.warning("received %s: stopping the sweep", signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
+
+    return restore
+
+
+def free_port(taken: Collection[int] = ()) -> int:
+    """A port free on 127.0.0.1 right now and not in ``taken``.
+
+    Another process may still grab it before the trial binds; the trial's
+    ``auto_port`` then moves on to the next free port.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _start(trial: Trial, sweep_dir: Path, command: Callable[[Path], list[str]],
+           env: dict[str, str], ports: set[int]) -> _Running:
+    run_dir = sweep_dir / f"run_{trial.index:03d}_{trial.run_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("endpoint.json", "metrics.json"):  # left by an earlier attempt
+        (run_dir / stale).unlink(missing_ok=True)
+    tel = trial.config.telemetry
+    if tel.metrics_port != 0:  # 0 = endpoint disabled: keep it so
+        port = free_port(ports)
+        ports.add(port)
+        tel = tel.model_copy(update={"metrics_port": port, "auto_port": True})
+    dump_yaml(trial.config.model_copy(update={"telemetry": tel}), run_dir / "config.yaml")
+    cmd = command(run_dir)
+    log_fh = open(run_dir / "stdout.log", "wb")
+    # A session of its own: a terminal Ctrl-C reaches only the sweep, which
+    # forwards SIGTERM once, instead of every trial getting SIGINT too.
+    try:
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    except BaseException:
+        log_fh.close()
+        raise
+    log.info("trial %03d (%s) started: pid %d, %s", trial.index, trial.run_id, proc.pid, run_dir)
+    return _Running(trial, run_dir, proc, log_fh, time.monotonic())
+
+
+def _stop(r: _Running, count: int) -> None:
+    """Forward the sweep's interrupt: SIGTERM on the first signal, SIGKILL after."""
+    if count > r.signalled and r.proc.poll() is None:
+        r.proc.send_signal(signal.SIGTERM if count == 1 else signal.SIGKILL)
+        r.signalled = count
+
+
+def _register(r: _Running, targets: TargetsFile, sweep_name: str) -> None:
+    try:
+        ep = json.loads((r.run_dir / "endpoint.json").read_text())
+        host, port = str(ep["host"]), int(ep["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not written (or not completely) yet: retry next poll
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    labels = {"sweep": sweep_name, "run": r.trial.run_id, "trial": f"{r.trial.index:03d}"}
+    targets.add(r.trial.run_id, f"{host}:{port}", labels)
+    r.registered = True
+    log.info("trial %03d endpoint %s:%d registered", r.trial.index, host, port)
+
+
+def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
+    rc = r.proc.returncode
+    r.log_fh.close()
+    if targets is not None:
+        targets.remove(r.trial.run_id)
+    row: dict[str, Any] = {"trial": r.trial.index, "run_id": r.trial.run_id,
+                           "run_dir": r.run_dir.name, **r.trial.params}
+    try:
+        data = json.loads((r.run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        data = None
+    data = data if isinstance(data, dict) else None
+    metrics = (data or {}).get("metrics") or {}
+    row.update({k: metrics[k] for k in METRIC_COLUMNS if k in metrics})
+    row.setdefault("wall_seconds", round(time.monotonic() - r.started, 3))
+    status = str(data.get("status") or "") if data is not None else ""
+    if status and status != "running":
+        row["status"], row["error"] = status, str(data.get("error") or "")  # type: ignore[union-attr]
+    elif data is not None and not status and rc == 0:
+        row["status"], row["error"] = "finished", ""
+    else:
+        # No final status: the process died (or exited) before the trial ended.
+        why = f"killed by {_signame(-rc)}" if rc < 0 else f"exit code {rc}"
+        why += ", no metrics.json" if data is None else f", last status {status or 'missing'!r}"
+        last = _last_line(r.run_dir / "stdout.log")
+        row["status"], row["error"] = "failed", why + (f"; last output: {last}" if last else "")
+    log.log(logging.INFO if row["status"] in OK_STATUSES else logging.WARNING, "trial %03d (%s) %s%s",
+            r.trial.index, r.trial.run_id, row["status"], f": {row['error']}" if row["error"] else "")
+    return row
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")[:300]
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"

@@ -1,0 +1,58 @@
+"""``sweep_summary.csv``: one row per finished trial, durable as soon as written."""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+#: Leading columns of every row.
+FIXED_COLUMNS = ("trial", "run_id", "run_dir", "status", "error")
+#: Final metrics copied from a trial's ``metrics.json``; other keys are ignored.
+METRIC_COLUMNS = (
+    "val_accuracy",
+    "best_val_accuracy",
+    "val_loss",
+    "train_loss",
+    "epochs",
+    "steps",
+    "germinations",
+    "wall_seconds",
+)
+
+
+class SummaryCsv:
+    """Append-only CSV: ``trial, run_id, run_dir, status, error, <params>, <metrics>``.
+
+    The header is written once (when the file is new or empty). Each row is
+    flushed and fsynced before :meth:`append` returns, so a crash during trial
+    k leaves rows 1..k-1 intact.
+    """
+
+    def __init__(self, path: Path, param_keys: list[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(FIXED_COLUMNS)
+        # A param named like a fixed or metric column would collide; keep the first.
+        self.columns += [k for k in param_keys if k not in self.columns and k not in METRIC_COLUMNS]
+        self.columns += list(METRIC_COLUMNS)
+        self._lock = threading.Lock()
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row (missing columns empty, unknown keys ignored) and fsync it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore", restval="")
+            if fh.tell() == 0:
+                writer.writeheader()
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _cell(value: Any) -> Any:
+    # Keep rows one line each: collapse newlines in error messages.
+    if isinstance(value, str):
+        return " ".join(value.split())
+    return "" if value is None else value

@@ -1,0 +1,1 @@
+"""Telemetry: typed events, the event bus, and the metric catalog."""

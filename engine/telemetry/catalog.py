@@ -1,0 +1,126 @@
+"""The metric catalog: every exported metric is declared here, once.
+
+Sinks, alert rules, dashboards and the README's metric table all take their
+names from this list, and tests tie them together. Naming follows Prometheus
+conventions: one prefix, base units as suffixes, counters end in ``_total``,
+bounded labels only (seed ids and layer names; never a neuron index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "plasticity"
+#: Quantiles exported for per-neuron signals of each layer.
+NEURON_QUANTILES = ("0", "0.25", "0.5", "0.75", "1")
+#: Epoch-duration histogram buckets in seconds.
+EPOCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: full name, type, unit, label names and help text."""
+
+    name: str
+    kind: Kind
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+
+def _m(short: str, kind: Kind, unit: str, labels: tuple[str, ...], help: str, **kw: tuple[float, ...]) -> MetricSpec:
+    return MetricSpec(f"{PREFIX}_{short}", kind, unit, labels, help, **kw)
+
+
+R = ("run_id",)
+S = ("run_id", "seed", "layer")
+L = ("run_id", "layer")
+
+CATALOG: tuple[MetricSpec, ...] = (
+    _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
+    _m("run_info", "gauge", "", ("run_id", "experiment", "device"), "The run served by this endpoint; value is always 1."),
+    _m("run_status", "gauge", "", ("run_id", "status"), "1 for the run's current status (running, finished, diverged, interrupted, failed), else 0."),
+    _m("training_phase", "gauge", "", ("run_id", "phase"), "1 for the current training phase, else 0."),
+    _m("steps_total", "counter", "", R, "Optimisation steps completed."),
+    _m("epochs_total", "counter", "", R, "Epochs completed."),
+    _m("last_step_timestamp_seconds", "gauge", "seconds", R, "Unix time of the last completed step (heartbeat)."),
+    _m("train_loss", "gauge", "", R, "Mean training loss of the last epoch."),
+    _m("val_loss", "gauge", "", R, "Validation loss after the last epoch."),
+    _m("val_accuracy_ratio", "gauge", "ratio", R, "Validation accuracy after the last epoch (0-1)."),
+    _m("best_val_accuracy_ratio", "gauge", "ratio", R, "Best validation accuracy so far (0-1)."),
+    _m("epoch_duration_seconds", "histogram", "seconds", R, "Wall time per epoch.", buckets=EPOCH_BUCKETS),
+    _m("samples_per_second", "gauge", "", R, "Training throughput of the last epoch."),
+    _m("grad_norm", "gauge", "", R, "Mean L2 norm of the gradient over the last epoch's steps."),
+    _m("learning_rate", "gauge", "", R, "Current learning rate of the main optimizer."),
+    _m("nonfinite_loss_steps_total", "counter", "", R, "Steps whose loss was NaN or infinite."),
+    _m("training_progress_ratio", "gauge", "ratio", R, "Epochs completed over epochs planned (0-1)."),
+    _m("model_parameters", "gauge", "", R, "Number of parameters in the model, seeds included."),
+    _m("plateau_epochs", "gauge", "", R, "Consecutive adaptation epochs without val-loss improvement."),
+    _m("plateau_patience_epochs", "gauge", "", R, "Plateau length that triggers germination."),
+    _m("germinations_total", "counter", "", R, "Seeds germinated."),
+    _m("seed_state", "gauge", "", S + ("state",), "1 for the seed's current lifecycle state, else 0."),
+    _m("seed_alpha_ratio", "gauge", "ratio", S, "Blending weight of the seed (0 dormant, 1 fully active)."),
+    _m("seed_drift_ratio", "gauge", "ratio", S, "Interface drift since blending began: 1 - mean cosine (0-1)."),
+    _m("seed_health", "gauge", "", S, "Activation variance at the seed's interface (low = unhealthy)."),
+    _m("seed_train_loss", "gauge", "", S, "Reconstruction loss of the seed's child network."),
+    _m("seed_transitions_total", "counter", "", ("run_id", "to_state"), "Seed lifecycle transitions by target state."),
+    _m("layer_units", "gauge", "", L, "Number of units in the layer."),
+    _m("layer_dead_units", "gauge", "", L, "Units of the layer with zero activation on every validation sample."),
+    _m("neuron_activation_quantile", "gauge", "", L + ("quantile",), "Quantiles over the layer's units of mean |activation| on validation data."),
+    _m("neuron_activation_topk", "gauge", "", L + ("rank",), "Largest per-unit mean |activation| values of the layer by rank slot."),
+    _m("sink_errors_total", "counter", "", ("run_id", "sink"), "Telemetry sink failures (the sink is then disabled)."),
+    _m("device_memory_used_bytes", "gauge", "bytes", ("run_id", "device"), "Memory in use on the device (CUDA allocated, or process RSS on CPU)."),
+    _m("device_memory_limit_bytes", "gauge", "bytes", ("run_id", "device"), "Memory capacity of the device (CUDA total, or physical RAM on CPU)."),
+)
+
+BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}
+
+
+def metric(short: str) -> str:
+    """Full metric name for a short name, checked against the catalog."""
+    name = f"{PREFIX}_{short}"
+    if name not in BY_NAME:
+        raise KeyError(f"metric {name!r} is not in the catalog")
+    return name
+
+
+def exposition_names(spec: MetricSpec) -> tuple[str, ...]:
+    """Series names as they appear in the text format (histograms expand)."""
+    if spec.kind == "histogram":
+        return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
+    return (spec.name,)
+
+
+def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int) -> int:
+    """Upper bound on series one run exports (documented in the README)."""
+    from engine.telemetry.events import PHASES, RUN_STATUSES, SEED_STATES
+
+    total = 0
+    for m in CATALOG:
+        if m.kind == "histogram":
+            total += len(m.buckets) + 3  # buckets, +Inf, _sum, _count
+        elif m.name.endswith("seed_state"):
+            total += n_seeds * len(SEED_STATES)
+        elif m.labels[1:2] == ("seed",):
+            total += n_seeds
+        elif m.name.endswith("neuron_activation_quantile"):
+            total += n_layers * len(NEURON_QUANTILES)
+        elif m.name.endswith("neuron_activation_topk"):
+            total += n_layers * topk
+        elif m.labels[-1:] == ("layer",):
+            total += n_layers
+        elif m.name.endswith("run_status"):
+            total += len(RUN_STATUSES)
+        elif m.name.endswith("training_phase"):
+            total += len(PHASES)
+        elif m.name.endswith("seed_transitions_total"):
+            total += len(SEED_STATES)
+        elif m.name.endswith("sink_errors_total"):
+            total += n_sinks
+        else:
+            total += 1
+    return total

@@ -1,0 +1,124 @@
+"""Typed events the trainer publishes on the bus.
+
+Events are plain frozen dataclasses with primitive or numpy payloads, so sinks
+never need to import torch or the model. Per-neuron signals travel as 1-D numpy
+arrays (shape ``[units]``); sinks reduce them to bounded per-layer summaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Terminal run statuses, as written to ``metrics.json`` and exported.
+RUN_STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
+#: Lifecycle states of a morphogenetic seed.
+SEED_STATES = ("dormant", "training", "blending", "active", "failed")
+#: Training phases of the seeds family.
+PHASES = ("warm_up", "adaptation", "done")
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """A run begins: its identity and the resolved config (nested dict)."""
+
+    run_id: str
+    experiment: str
+    config: dict[str, Any]
+    run_dir: str
+    device: str
+    parameters: int
+    total_epochs: int
+    start_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class StepCompleted:
+    """One optimisation step finished (the heartbeat)."""
+
+    step: int
+    loss: float
+    finite: bool
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class SeedSnapshot:
+    """State of one seed at the end of an epoch."""
+
+    seed_id: str
+    layer: str
+    state: str
+    alpha: float
+    drift: float
+    health: float
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class LayerSignal:
+    """A per-neuron signal of one layer, e.g. mean |activation| (shape ``[units]``)."""
+
+    layer: str
+    signal: str
+    values: np.ndarray
+    dead_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpochCompleted:
+    """End-of-epoch metrics (scalars keyed by catalog short names)."""
+
+    epoch: int
+    phase: str
+    step: int
+    metrics: dict[str, float]
+    seeds: tuple[SeedSnapshot, ...] = ()
+    layers: tuple[LayerSignal, ...] = ()
+    plateau: int = 0
+    patience: int = 0
+    progress: float = 0.0
+    parameters: int = 0
+    duration_seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class SeedTransition:
+    """A seed changed state (germinated, began blending, became active, failed)."""
+
+    seed_id: str
+    layer: str
+    from_state: str
+    to_state: str
+    epoch: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NonFiniteLoss:
+    """A step produced a NaN/Inf loss."""
+
+    step: int
+    epoch: int
+    value: float
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """A run ended with a terminal status and its final metrics."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SinkFailed:
+    """A sink raised; published once per sink so others can count it."""
+
+    sink: str
+    error: str

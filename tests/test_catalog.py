@@ -1,0 +1,43 @@
+"""The metric catalog follows Prometheus naming rules and is the single source of names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from engine.telemetry.catalog import CATALOG, PREFIX, series_budget
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    names = [m.name for m in CATALOG]
+    assert len(names) == len(set(names)), "duplicate metric names"
+    for m in CATALOG:
+        assert re.fullmatch(rf"{PREFIX}_[a-z][a-z0-9_]*", m.name), m.name
+        assert (m.kind == "counter") == m.name.endswith("_total"), m.name
+        if m.unit:
+            assert m.unit in ("seconds", "bytes", "ratio"), m.unit
+            assert m.unit in m.name, f"{m.name} lacks its unit suffix {m.unit}"
+        assert m.help and (m.help[0].isupper() or m.help[0].isdigit()), m.name
+        assert not any(l in ("neuron", "unit", "index", "neuron_index") for l in m.labels), m.name
+
+
+def test_labels_are_bounded() -> None:
+    allowed = {"run_id", "seed", "layer", "state", "status", "phase", "quantile", "rank", "sink",
+               "device", "experiment", "version", "python_version", "torch_version", "to_state"}
+    for m in CATALOG:
+        assert set(m.labels) <= allowed, (m.name, set(m.labels) - allowed)
+
+
+def test_series_budget_is_bounded_by_structure_not_width() -> None:
+    small = series_budget(n_seeds=4, n_layers=2, topk=3, n_sinks=4)
+    assert small < 200
+    # Doubling seeds adds only per-seed series.
+    assert series_budget(8, 2, 3, 4) - small == 4 * (5 + 4)
+
+
+def test_readme_metric_table_matches_catalog() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(rf"`({PREFIX}_[a-z0-9_]+)`", readme))
+    assert listed == {m.name for m in CATALOG}
