@@ -9,14 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """Invalid user input: names the parameter, the value and what is allowed."""
+class ParameterError(ValueError):
+    """A bad value: names the parameter, the value and what is allowed."""
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key = key
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid value for '{key}': {value!r} ({allowed})")
+
+
+class ConfigError(ParameterError):
+    """Invalid user input (the CLI exits 2 with this one line)."""
 
 
 class SinkUnavailableError(RuntimeError):

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Union
 import torch
 from torch import Tensor, nn
 
+from engine.errors import ParameterError
+
 #: Weight distributions a plan may name for new / re-drawn incoming weights
 #: (fan_in = layer.in_features, fan_out = layer.out_features):
 #:   ``kaiming``        U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default
@@ -54,14 +56,8 @@ def sample_init(init: str, rows: int, layer: nn.Linear,
     return out.to(like.device)
 
 
-class PlanError(ValueError):
-    """A plan that cannot be applied: names the parameter, the value and what is allowed."""
-
-    def __init__(self, key: str, value: Any, allowed: str) -> None:
-        self.key = key
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"invalid value for '{key}': {value!r} ({allowed})")
+class PlanError(ParameterError):
+    """A plan that cannot be applied (a mechanism bug, not user input)."""
 
 
 def _check_path(key: str, value: Any, optional: bool = False) -> None:

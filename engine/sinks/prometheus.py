@@ -26,6 +26,7 @@ from engine.telemetry.catalog import CATALOG, NEURON_QUANTILES, MetricSpec
 log = logging.getLogger(__name__)
 
 #: EpochCompleted.metrics key -> catalog short name (run_id label only).
+_QS = [float(q) for q in NEURON_QUANTILES]
 _SCALARS = {
     "train_loss": "train_loss",
     "val_loss": "val_loss",
@@ -111,11 +112,12 @@ class PrometheusSink:
             ev.RunEnded: self._ended,
         }
 
-    def _c(self, short: str) -> Any:
-        # Cached child for the run_id-only metrics: .labels() is the slow part.
-        child = self._child.get(short)
+    def _c(self, short: str, *values: str) -> Any:
+        # Cached labelled child (run_id first): .labels() is the slow part of an update.
+        key = (short, *values)
+        child = self._child.get(key)
         if child is None:
-            child = self._child[short] = self.m[short].labels(run_id=self.run_id)
+            child = self._child[key] = self.m[short].labels(self.run_id, *values)
         return child
 
     def _started(self, e: ev.RunStarted) -> None:
@@ -126,20 +128,21 @@ class PrometheusSink:
         self._child.clear()
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
         self.m["run_info"].labels(e.run_id, e.experiment, e.device).set(1)
-        self._one_hot("run_status", "status", ev.RUN_STATUSES, "running")
+        self._one_hot("run_status", ev.RUN_STATUSES, "running")
         for short in ("steps_total", "epochs_total", "nonfinite_loss_steps_total", "germinations_total"):
             self._c(short)  # expose counters at 0 from the start
         for state in ev.SEED_STATES:
-            self.m["seed_transitions_total"].labels(e.run_id, state)
+            self._c("seed_transitions_total", state)
         for sink in self._sink_names:
-            self.m["sink_errors_total"].labels(e.run_id, sink)
+            self._c("sink_errors_total", sink)
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())
 
-    def _one_hot(self, short: str, label: str, values: tuple[str, ...], current: str, **extra: str) -> None:
+    def _one_hot(self, short: str, values: tuple[str, ...], current: str, *extra: str) -> None:
+        # The varying label is always the last one in the catalog.
         for v in values:
-            self.m[short].labels(run_id=self.run_id, **extra, **{label: v}).set(1.0 if v == current else 0.0)
+            self._c(short, *extra, v).set(1.0 if v == current else 0.0)
 
     def _step(self, e: ev.StepCompleted) -> None:
         self._c("steps_total").inc()
@@ -155,50 +158,47 @@ class PrometheusSink:
                 self._c(short).set(e.metrics[key])
         dev = e.metrics.get("device_memory_used_bytes")
         if dev is not None:
-            self.m["device_memory_used_bytes"].labels(self.run_id, self._device).set(dev)
-            limit = e.metrics["device_memory_limit_bytes"]
-            self.m["device_memory_limit_bytes"].labels(self.run_id, self._device).set(limit)
-        self._one_hot("training_phase", "phase", ev.PHASES, e.phase)
-        self.m["epoch_duration_seconds"].labels(self.run_id).observe(e.duration_seconds)
+            self._c("device_memory_used_bytes", self._device).set(dev)
+            self._c("device_memory_limit_bytes", self._device).set(e.metrics["device_memory_limit_bytes"])
+        self._one_hot("training_phase", ev.PHASES, e.phase)
+        self._c("epoch_duration_seconds").observe(e.duration_seconds)
         self._c("samples_per_second").set(e.samples_per_second)
         self._c("training_progress_ratio").set(e.progress)
         self._c("model_parameters").set(e.parameters)
         self._c("plateau_epochs").set(e.plateau)
         self._c("plateau_patience_epochs").set(e.patience)
         for s in e.seeds:
-            lab = {"seed": s.seed_id, "layer": s.layer}
-            self._one_hot("seed_state", "state", ev.SEED_STATES, s.state, **lab)
-            self.m["seed_alpha_ratio"].labels(run_id=self.run_id, **lab).set(s.alpha)
-            self.m["seed_drift_ratio"].labels(run_id=self.run_id, **lab).set(s.drift)
-            self.m["seed_health"].labels(run_id=self.run_id, **lab).set(s.health)
-            self.m["seed_train_loss"].labels(run_id=self.run_id, **lab).set(s.train_loss)
+            self._one_hot("seed_state", ev.SEED_STATES, s.state, s.seed_id, s.layer)
+            self._c("seed_alpha_ratio", s.seed_id, s.layer).set(s.alpha)
+            self._c("seed_drift_ratio", s.seed_id, s.layer).set(s.drift)
+            self._c("seed_health", s.seed_id, s.layer).set(s.health)
+            self._c("seed_train_loss", s.seed_id, s.layer).set(s.train_loss)
         for sig in e.layers:
             self._layer(sig)
 
     def _layer(self, sig: ev.LayerSignal) -> None:
         v = np.asarray(sig.values, dtype=np.float64).ravel()  # [units]
-        self.m["layer_units"].labels(self.run_id, sig.layer).set(v.size)
-        self.m["layer_dead_units"].labels(self.run_id, sig.layer).set(int((v <= sig.dead_threshold).sum()))
+        self._c("layer_units", sig.layer).set(v.size)
+        self._c("layer_dead_units", sig.layer).set(int((v <= sig.dead_threshold).sum()))
         if v.size == 0:
             return
-        qs = np.quantile(v, [float(q) for q in NEURON_QUANTILES])
-        for q, val in zip(NEURON_QUANTILES, qs):
-            self.m["neuron_activation_quantile"].labels(self.run_id, sig.layer, q).set(float(val))
-        top = np.sort(v)[::-1][: self.topk]
-        for rank, val in enumerate(top, start=1):
-            self.m["neuron_activation_topk"].labels(self.run_id, sig.layer, str(rank)).set(float(val))
+        ranked = np.sort(v)  # ascending: quantiles by index interpolation, top-k from the end
+        for q, val in zip(NEURON_QUANTILES, np.quantile(ranked, _QS)):
+            self._c("neuron_activation_quantile", sig.layer, q).set(float(val))
+        for rank, val in enumerate(ranked[::-1][: self.topk], start=1):
+            self._c("neuron_activation_topk", sig.layer, str(rank)).set(float(val))
 
     def _transition(self, e: ev.SeedTransition) -> None:
-        self.m["seed_transitions_total"].labels(self.run_id, e.to_state).inc()
+        self._c("seed_transitions_total", e.to_state).inc()
         if e.to_state == "training":
             self._c("germinations_total").inc()
 
     def _sink_failed(self, e: ev.SinkFailed) -> None:
-        self.m["sink_errors_total"].labels(self.run_id, e.sink).inc()
+        self._c("sink_errors_total", e.sink).inc()
 
     def _ended(self, e: ev.RunEnded) -> None:
-        self._one_hot("run_status", "status", ev.RUN_STATUSES, e.status)
-        self._one_hot("training_phase", "phase", ev.PHASES, "done")
+        self._one_hot("run_status", ev.RUN_STATUSES, e.status)
+        self._one_hot("training_phase", ev.PHASES, "done")
         self._ended_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------

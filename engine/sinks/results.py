@@ -2,8 +2,9 @@
 
 ``metrics.json`` is rewritten atomically after every epoch with status
 ``running``, so a run killed at any moment still leaves its last complete
-numbers; ``history.jsonl`` gets one line per epoch and ``events.jsonl`` one
-line per lifecycle event.
+numbers; ``history.jsonl`` gets one line per epoch, ``events.jsonl`` one line
+per lifecycle event, and ``neurons.jsonl`` the full per-neuron signals of every
+layer each epoch (Prometheus only gets bounded per-layer summaries of them).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ResultsSink:
         self.doc: dict[str, Any] = {"status": "running", "metrics": {}, "error": ""}
         self._history = open(self.run_dir / "history.jsonl", "a", encoding="utf-8")
         self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
+        self._neurons = open(self.run_dir / "neurons.jsonl", "a", encoding="utf-8")
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         """Event type -> handler."""
@@ -41,8 +43,10 @@ class ResultsSink:
                 ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
                 ev.SinkFailed: self._event, ev.RunEnded: self._ended}
 
-    def _write(self) -> None:
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
+    def _write(self, final: bool = False) -> None:
+        # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.
+        text = json.dumps(self.doc, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.run_dir / "metrics.json", text, fsync=final)
 
     def _started(self, e: ev.RunStarted) -> None:
         self.doc.update(run_id=e.run_id, experiment=e.experiment, device=e.device, status="running")
@@ -54,6 +58,10 @@ class ResultsSink:
                "seeds": {s.seed_id: {"state": s.state, "alpha": s.alpha, "drift": s.drift} for s in e.seeds}}
         self._history.write(json.dumps(_clean(row)) + "\n")
         self._history.flush()
+        if e.layers:
+            signals = {f"{s.layer}/{s.signal}": [round(float(v), 6) for v in s.values] for s in e.layers}
+            self._neurons.write(json.dumps({"epoch": e.epoch, **signals}) + "\n")
+            self._neurons.flush()
         self.doc["metrics"] = _clean({**e.metrics, "epoch": e.epoch})
         self._write()
 
@@ -64,9 +72,9 @@ class ResultsSink:
     def _ended(self, e: ev.RunEnded) -> None:
         self._event(e)
         self.doc.update(status=e.status, error=e.error, metrics=_clean(dict(e.metrics)))
-        self._write()
+        self._write(final=True)
 
     def close(self) -> None:
         """Close the JSONL files."""
-        self._history.close()
-        self._events.close()
+        for fh in (self._history, self._events, self._neurons):
+            fh.close()

@@ -77,26 +77,24 @@ class TensorBoardSink:
         self._writer.add_text("config", "    " + cfg.replace("\n", "\n    "), e.start_epoch)
 
     def _on_epoch(self, e: ev.EpochCompleted) -> None:
-        w, step = self._writer, e.epoch
+        # One Summary (one event record) per epoch holding every scalar and
+        # histogram: ~30x cheaper than one add_scalar call per value, which is
+        # what keeps telemetry overhead within budget on small, fast models.
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        step = e.epoch
         self._step = max(self._step, step)
-        for key, value in e.metrics.items():
-            w.add_scalar(f"metrics/{key}", float(value), step)
-        for key, value in (
-            ("samples_per_second", e.samples_per_second),
-            ("duration_seconds", e.duration_seconds),
-            ("plateau", e.plateau),
-            ("progress", e.progress),
-            ("parameters", e.parameters),
-        ):
-            w.add_scalar(f"run/{key}", float(value), step)
-        for s in e.seeds:
-            for key in ("alpha", "drift", "health", "train_loss"):
-                w.add_scalar(f"seeds/{s.seed_id}/{key}", float(getattr(s, key)), step)
+        scalars = [(f"metrics/{k}", v) for k, v in e.metrics.items()]
+        scalars += [("run/samples_per_second", e.samples_per_second), ("run/duration_seconds", e.duration_seconds),
+                    ("run/plateau", e.plateau), ("run/progress", e.progress), ("run/parameters", e.parameters)]
+        scalars += [(f"seeds/{s.seed_id}/{key}", getattr(s, key))
+                    for s in e.seeds for key in ("alpha", "drift", "health", "train_loss")]
+        values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
         for sig in e.layers:
-            values = np.asarray(sig.values, dtype=np.float64).ravel()
-            values = values[np.isfinite(values)]  # numpy cannot bin NaN/Inf
-            if values.size:
-                w.add_histogram(f"neurons/{sig.layer}/{sig.signal}", values, step)
+            hist = _histogram(sig.values)
+            if hist is not None:
+                values.append(Summary.Value(tag=f"neurons/{sig.layer}/{sig.signal}", histo=hist))
+        self._writer.file_writer.add_summary(Summary(value=values), step)
 
     def _text(self, text: str) -> None:
         self._writer.add_text("events", text, self._step)
@@ -126,3 +124,17 @@ class TensorBoardSink:
             self._closed = True
             if self._w is not None:
                 self._w.close()
+
+
+def _histogram(raw: Any, bins: int = 30) -> Any:
+    """A HistogramProto of the finite values of ``raw`` (shape ``[units]``), or None."""
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto
+
+    values = np.asarray(raw, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]  # numpy cannot bin NaN/Inf
+    if not values.size:
+        return None
+    counts, edges = np.histogram(values, bins=min(bins, max(values.size, 1)))
+    return HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
+                          sum=float(values.sum()), sum_squares=float(values @ values),
+                          bucket_limit=edges[1:].tolist(), bucket=counts.astype(float).tolist())

@@ -101,7 +101,7 @@ class SeedTransition:
 class NonFiniteLoss:
     """A step produced a NaN/Inf loss."""
 
-    step: int
+    step: int  # index of the failing step, from 0 (the step passed to train_step)
     epoch: int
     value: float
 

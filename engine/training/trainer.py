@@ -100,7 +100,7 @@ class Trainer:
             status = "interrupted"
         outcome = Outcome(status, self.final_metrics())
         if status == "diverged":
-            outcome.error = f"non-finite loss at step {self.step}"
+            outcome.error = f"non-finite loss at step {self.step - 1}"  # the failing step's index
         self.bus.publish(RunEnded(self.run_id, outcome.status, outcome.metrics, outcome.error))
         return outcome
 
@@ -109,14 +109,15 @@ class Trainer:
         loss_sum = grad_sum = 0.0
         n_steps = samples = 0
         for batch in self.exp.batches(epoch, phase):
-            res = self.exp.train_step(batch, self.step)
+            index = self.step  # 0-based, like epochs and --fault_nan_step
+            res = self.exp.train_step(batch, index)
             self.step += 1
             finite = math.isfinite(res.loss)
             self.bus.publish(StepCompleted(self.step, res.loss, finite, time.time()))
             self._publish(res.events)
             if not finite:
-                log.error("non-finite loss %s at step %d (epoch %d): stopping", res.loss, self.step, epoch)
-                self.bus.publish(NonFiniteLoss(self.step, epoch, res.loss))
+                log.error("non-finite loss %s at step %d (epoch %d): stopping", res.loss, index, epoch)
+                self.bus.publish(NonFiniteLoss(index, epoch, res.loss))
                 return "diverged"
             loss_sum += res.loss
             grad_sum += res.grad_norm
