@@ -20,6 +20,7 @@ from engine.telemetry.catalog import CATALOG, NEURON_QUANTILES, exposition_names
 
 EPOCHS = 80  # the default schedule: 30 warm-up + 50 adaptation
 LINGER = 5.0
+STOP_BEFORE = 8  # epochs before the end at which scraping pauses
 SINKS = {"results", "prometheus"}  # console off, no TensorBoard, no MLflow
 ALLOWED = {n for spec in CATALOG for n in exposition_names(spec)}
 
@@ -33,6 +34,12 @@ class Live:
     returncode: int
     run_dir: Path
     port: int
+
+
+def _epochs(scrapes: list[Scrape]) -> float:
+    """Epochs completed according to the last scrape (0 before the first epoch)."""
+    values = scrapes[-1].get("plasticity_epochs_total") if scrapes else []
+    return values[0] if values else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +56,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
         assert endpoint == {"host": "127.0.0.1", "port": port}
         during: list[Scrape] = []
         deadline = time.monotonic() + 120
-        # Scrape until the second-to-last epoch is in the history; no scrapes after that.
-        while len(read_jsonl(run_dir / "history.jsonl")) < EPOCHS - 2:
+        # Scrape until one shows the run near its end but still running, then stop:
+        # no scrape has seen the final state when the run ends.
+        while _epochs(during) < EPOCHS - STOP_BEFORE:
             assert proc.poll() is None, proc.err()[-3000:]
             assert time.monotonic() < deadline, "run too slow"
             s = try_scrape(port)
             if s is not None:
                 during.append(s)
             time.sleep(0.1)
+        assert during[-1].one("plasticity_run_status", status="running") == 1.0
         status = lambda: (read_json(run_dir / "metrics.json") or {}).get("status") != "running"  # noqa: E731
         wait_for("metrics.json to leave 'running'", status, timeout=60, interval=0.02, proc=proc)
         time.sleep(1.0)  # the run has ended; nobody scraped since: the endpoint must linger
@@ -76,8 +85,9 @@ def test_run_finished_and_endpoint_lingered(live: Live) -> None:
     for other in ("running", "diverged", "interrupted", "failed"):
         assert live.final.one("plasticity_run_status", status=other) == 0.0
     assert live.final.one("plasticity_training_phase", phase="done") == 1.0
-    # The post-end scrape ended the linger: exit well before the 5 s limit.
-    assert live.final_to_exit < 2.5, live.final_to_exit
+    # The post-end scrape ended the linger: exit well before the 5 s limit (which,
+    # counted from the run's end, would be at least 4 s after this scrape).
+    assert live.final_to_exit < 3.0, live.final_to_exit
     assert not (live.run_dir / "endpoint.json").exists()
     assert read_json(live.run_dir / "metrics.json")["status"] == "finished"
 
@@ -124,7 +134,7 @@ def test_steps_and_heartbeat_advance(live: Live) -> None:
     assert sum(b > a for a, b in zip(steps, steps[1:])) >= len(steps) // 2
     for s in live.during:
         beat = s.one("plasticity_last_step_timestamp_seconds")
-        assert abs(s.t - beat) < 10, (s.t, beat)
+        assert abs(s.t - beat) < 5, (s.t, beat)
     history = read_jsonl(live.run_dir / "history.jsonl")
     assert live.final.one("plasticity_steps_total") == history[-1]["step"] == 2000.0
     assert live.final.one("plasticity_epochs_total") == EPOCHS

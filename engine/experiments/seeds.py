@@ -167,7 +167,9 @@ class SeedsExperiment:
                 events.append(SeedTransition(plan.seed, seed.layer, "dormant", "training", epoch, plan.reason))
         seeds = tuple(SeedSnapshot(s.seed_id, s.layer, s.state, s.alpha, s.drift, s.health,
                                    s.ema_loss if s.ema_loss == s.ema_loss else 0.0) for s in self._seeds())
-        return EpochReport({"val_loss": val_loss, "val_accuracy": val_acc}, events, seeds, layers,
+        metrics = {"val_loss": val_loss, "val_accuracy": val_acc,
+                   "germination_accuracy_threshold": self.fam.acc_threshold}
+        return EpochReport(metrics, events, seeds, layers,
                            self.controller.plateau, self.fam.patience)
 
     # -- bookkeeping ----------------------------------------------------------------

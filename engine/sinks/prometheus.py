@@ -34,6 +34,7 @@ _SCALARS = {
     "best_val_accuracy": "best_val_accuracy_ratio",
     "grad_norm": "grad_norm",
     "learning_rate": "learning_rate",
+    "germination_accuracy_threshold": "germination_accuracy_threshold_ratio",
 }
 
 

@@ -62,6 +62,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("plateau_epochs", "gauge", "", R, "Consecutive adaptation epochs without val-loss improvement."),
     _m("plateau_patience_epochs", "gauge", "", R, "Plateau length that triggers germination."),
     _m("germinations_total", "counter", "", R, "Seeds germinated."),
+    _m("germination_accuracy_threshold_ratio", "gauge", "ratio", R, "Germination happens only while val accuracy is below this (0-1)."),
     _m("seed_state", "gauge", "", S + ("state",), "1 for the seed's current lifecycle state, else 0."),
     _m("seed_alpha_ratio", "gauge", "ratio", S, "Blending weight of the seed (0 dormant, 1 fully active)."),
     _m("seed_drift_ratio", "gauge", "ratio", S, "Interface drift since blending began: 1 - mean cosine (0-1)."),
