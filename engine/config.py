@@ -56,6 +56,11 @@ class TelemetryConfig(Section):
         description="Seconds the endpoint keeps serving final values after the run "
         "(ends early once a scrape has seen them; skipped if never scraped).",
     )
+    metrics_hold: float = Field(
+        0.0, ge=0, le=86400,
+        description="Seconds the endpoint keeps serving after the run in any case "
+        "(e.g. so an alert on the final state is routed before the target goes away).",
+    )
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     mlflow: bool = Field(False, description="Log to MLflow (MLFLOW_TRACKING_URI).")
     console: Literal["auto", "rich", "plain", "off"] = Field(

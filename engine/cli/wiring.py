@@ -146,7 +146,7 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
         finally:
             if prom is not None:
                 # Let Prometheus see the final state (e.g. a divergence) before exit.
-                prom.linger(cfg.telemetry.metrics_linger)
+                prom.linger(cfg.telemetry.metrics_linger, cfg.telemetry.metrics_hold)
                 (run_dir / "endpoint.json").unlink(missing_ok=True)
             bus.close()
         log.info("run %s ended: %s", run_id, outcome.status)

@@ -46,6 +46,9 @@ class SeedsConfig(Section):
     patience: int = Field(5, ge=1, description="Plateau epochs before germination.")
     delta: float = Field(1e-3, ge=0, description="Min val-loss improvement that resets the plateau.")
     fault_nan_step: int = Field(-1, ge=-1, description="Fault drill: force a NaN loss at this step (-1 off).")
+    fault_reset_epoch: int = Field(
+        -1, ge=-1, description="Fault drill: re-initialise the output head just before this epoch's "
+        "evaluation, so accuracy collapses (tests accuracy-drop alerts; -1 off).")
 
 
 @register_experiment("seeds", SeedsConfig, "Morphogenetic seeds with soft-landing blending")
@@ -149,6 +152,8 @@ class SeedsExperiment:
     @torch.no_grad()
     def end_epoch(self, epoch: int, phase: str) -> EpochReport:
         """Validation metrics, per-neuron signals, seed diagnostics, germination."""
+        if epoch == self.fam.fault_reset_epoch:
+            self.model.head.reset_parameters()  # fault drill: a sudden accuracy collapse
         self.model.eval()
         logits = self.model(self.x_val)
         val_loss = float(self.loss_fn(logits, self.y_val))

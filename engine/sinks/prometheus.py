@@ -208,16 +208,20 @@ class PrometheusSink:
         """How many times the endpoint has been scraped."""
         return self._watch.count
 
-    def linger(self, max_seconds: float) -> bool:
+    def linger(self, max_seconds: float, hold_seconds: float = 0.0) -> bool:
         """Keep serving until one scrape after the run ended, at most ``max_seconds``.
 
         Skipped when nobody ever scraped (nobody would see the final values).
+        ``hold_seconds`` first serves unconditionally for that long after the
+        end (so alerts on the final state stay active while they are routed).
         Returns True if a post-end scrape was served.
         """
-        if max_seconds <= 0 or self._watch.count == 0:
-            return False
-        deadline = time.time() + max_seconds
         ended = self._ended_at or time.time()
+        if hold_seconds > 0:
+            time.sleep(max(0.0, ended + hold_seconds - time.time()))
+        if max_seconds <= 0 or self._watch.count == 0:
+            return self._watch.last > ended
+        deadline = time.time() + max_seconds
         with self._watch.cond:
             while self._watch.last <= ended:
                 remaining = deadline - time.time()
