@@ -50,14 +50,14 @@ def test_plain_mode_logs_one_line_per_epoch(caplog: pytest.LogCaptureFixture) ->
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "engine.console"]
     assert lines == [
         (logging.INFO, "run r1 (seeds) on cpu: 1,234 parameters, 3 epochs"),
-        (logging.INFO, "epoch 1/3 [warm_up] train_loss=0.5000 val_loss=0.7500 val_acc=81.25% "
+        (logging.INFO, "epoch 2/3 [warm_up] train_loss=0.5000 val_loss=0.7500 val_acc=81.25% "
                        "best=87.50% grad=1.5 lr=3.00e-03 4,321 samples/s 1.25s plateau 2/5 "
                        "seeds s0:training@0.25"),
-        (logging.INFO, "epoch 2: seed s0 on fc1 training -> blending (loss converged)"),
-        (logging.INFO, "epoch 2/3 [adaptation] train_loss=0.2500 val_loss=0.7500 val_acc=81.25% "
+        (logging.INFO, "epoch 3: seed s0 on fc1 training -> blending (loss converged)"),
+        (logging.INFO, "epoch 3/3 [adaptation] train_loss=0.2500 val_loss=0.7500 val_acc=81.25% "
                        "best=87.50% grad=1.5 lr=3.00e-03 4,321 samples/s 1.25s plateau 2/5 "
                        "seeds s0:blending@0.50"),
-        (logging.WARNING, "epoch 2, step 51: non-finite loss inf"),
+        (logging.WARNING, "epoch 3, step 51: non-finite loss inf"),
         (logging.INFO, "run r1 finished val_accuracy=0.8125"),
     ]
     assert stream.getvalue() == ""  # plain mode never writes to the stream itself

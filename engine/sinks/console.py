@@ -37,7 +37,7 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
 def epoch_line(e: ev.EpochCompleted, total: int) -> str:
     """The one-line epoch summary used in plain mode."""
     m = e.metrics
-    parts = [f"epoch {e.epoch}/{total} [{e.phase}]"]
+    parts = [f"epoch {e.epoch + 1}/{total} [{e.phase}]"]  # events count from 0, people from 1
     for key, label, fmt in (("train_loss", "train_loss", ".4f"), ("val_loss", "val_loss", ".4f"),
                             ("val_accuracy", "val_acc", ".2%"), ("best_val_accuracy", "best", ".2%"),
                             ("grad_norm", "grad", ".3g"), ("learning_rate", "lr", ".2e")):
@@ -133,10 +133,10 @@ class ConsoleSink:
             self.seeds = {**self.seeds, e.seed_id: seed}
         why = f" ({e.reason})" if e.reason else ""
         level = logging.WARNING if e.to_state == "failed" else logging.INFO
-        self._say(level, f"epoch {e.epoch}: seed {e.seed_id} on {e.layer} {e.from_state} -> {e.to_state}{why}")
+        self._say(level, f"epoch {e.epoch + 1}: seed {e.seed_id} on {e.layer} {e.from_state} -> {e.to_state}{why}")
 
     def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
-        self._say(logging.WARNING, f"epoch {e.epoch}, step {e.step}: non-finite loss {e.value}")
+        self._say(logging.WARNING, f"epoch {e.epoch + 1}, step {e.step}: non-finite loss {e.value}")
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         finals = " ".join(f"{k}={_num(v)}" for k, v in e.metrics.items())
@@ -167,7 +167,7 @@ class ConsoleSink:
                           f"{s.alpha:.2f}", f"{s.drift:.3f}")
         grid = Table.grid(padding=(0, 2))
         grid.add_row(metrics, seeds)
-        phase = f" phase {e.phase}, epoch {e.epoch}" if e else ""
+        phase = f" phase {e.phase}, epoch {e.epoch + 1}" if e else ""
         return Group(Text(f"run {self.run_id}{phase}", style="bold"), self._progress, grid)
 
     def _stop(self) -> None:

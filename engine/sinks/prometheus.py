@@ -12,7 +12,7 @@ import logging
 import platform
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
@@ -57,6 +57,24 @@ class _ScrapeWatch:
         return []
 
 
+class _ConsistentRegistry(CollectorRegistry):
+    """A registry whose collection excludes updates (``update_lock``).
+
+    Handlers hold the lock for a whole event, so a scrape never sees half an
+    epoch: quantiles stay ordered, one-hot gauges have exactly one 1, and the
+    epoch histogram count matches ``epochs_total``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self.update_lock = threading.Lock()
+
+    def collect(self) -> Iterator[Any]:
+        with self.update_lock:
+            metrics = list(super().collect())
+        return iter(metrics)
+
+
 def _make(spec: MetricSpec, registry: CollectorRegistry) -> Any:
     name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
     if spec.kind == "counter":
@@ -76,7 +94,7 @@ class PrometheusSink:
         # Counters and histograms would also export ``*_created`` series, which
         # are not in the catalog and would break its series budget.
         disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = _ConsistentRegistry()
         self.m: dict[str, Any] = {s.name.removeprefix("plasticity_"): _make(s, self.registry) for s in CATALOG}
         self._watch = _ScrapeWatch()
         self.registry.register(self._watch)  # type: ignore[arg-type]
@@ -105,13 +123,22 @@ class PrometheusSink:
 
     # -- handlers -----------------------------------------------------------
     def handlers(self) -> dict[type, Callable[[Any], None]]:
-        """Event type -> handler."""
-        return {
+        """Event type -> handler (each applies its updates atomically w.r.t. scrapes)."""
+        table: dict[type, Callable[[Any], None]] = {
             ev.RunStarted: self._started, ev.StepCompleted: self._step,
             ev.EpochCompleted: self._epoch, ev.SeedTransition: self._transition,
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
             ev.RunEnded: self._ended,
         }
+        return {etype: self._atomic(fn) for etype, fn in table.items()}
+
+    def _atomic(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        lock = self.registry.update_lock
+
+        def handler(event: Any) -> None:
+            with lock:
+                fn(event)
+        return handler
 
     def _c(self, short: str, *values: str) -> Any:
         # Cached labelled child (run_id first): .labels() is the slow part of an update.
