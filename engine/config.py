@@ -198,6 +198,21 @@ def load_yaml(path: Path) -> RunConfig:
 _ID_EXCLUDED = ("output_dir", "telemetry")
 
 
+def parameters(cfg: RunConfig) -> dict[str, Any]:
+    """Flat key -> value of every result-relevant setting (telemetry and output excluded)."""
+    out: dict[str, Any] = {}
+    doc = cfg.to_dict()
+    for key, path in flat_fields(cfg.experiment).items():
+        if path[0] in _ID_EXCLUDED:
+            continue
+        node: Any = doc
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            out[key] = node
+    return out
+
+
 def config_hash(cfg: RunConfig, length: int = 10) -> str:
     """Stable run id: sha256 of the canonical JSON of the result-relevant config."""
     import hashlib

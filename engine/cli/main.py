@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from engine.cli.options import config_options, given
+from engine.cli.stack import stack
 from engine.cli.wiring import EXIT_CODES, console_mode_is_rich, execute_run
 from engine.config import build_config, config_hash, load_yaml
 from engine.errors import ConfigError
@@ -104,6 +105,9 @@ def metrics_cmd() -> int:
     return 0
 
 
+cli.add_command(stack)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line and returns 2, never a traceback."""
     try:
@@ -118,4 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - already logged with its traceback (run.log)
+        click.echo(f"error: run failed: {type(exc).__name__}: {exc}", err=True)
+        return EXIT_CODES["failed"]
     return int(rv or 0)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Collection
 
-from engine.config import dump_yaml
+from engine.config import dump_yaml, parameters
 from engine.sweep.file_sd import TargetsFile
 from engine.sweep.grid import Trial
 from engine.sweep.summary import METRIC_COLUMNS, SummaryCsv
@@ -80,7 +80,9 @@ def run_sweep(
     """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    param_keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    # The grid's own keys first, then every other result-relevant parameter.
+    param_keys = list(dict.fromkeys([*(k for t in trials for k in t.params),
+                                     *(k for t in trials for k in parameters(t.config))]))
     summary = SummaryCsv(sweep_dir / "sweep_summary.csv", param_keys)
     targets = TargetsFile(Path(file_sd_dir) / f"{sweep_name}.json") if file_sd_dir else None
     child_env = _child_env(env)
@@ -214,7 +216,7 @@ def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
     if targets is not None:
         targets.remove(r.trial.run_id)
     row: dict[str, Any] = {"trial": r.trial.index, "run_id": r.trial.run_id,
-                           "run_dir": r.run_dir.name, **r.trial.params}
+                           "run_dir": r.run_dir.name, **parameters(r.trial.config), **r.trial.params}
     try:
         data = json.loads((r.run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
