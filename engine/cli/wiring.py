@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from engine.config import RunConfig, config_hash, dump_yaml
 from engine.fsutil import atomic_write_text
 from engine.registry import get_experiment
@@ -118,6 +120,8 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
     """
     # Input checks that need the machine (device, port) come before anything is written.
     device = pick_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     prom = _serve_metrics(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:

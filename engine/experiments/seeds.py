@@ -105,7 +105,8 @@ class SeedsExperiment:
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepResult:
         """Task step on the trunk / blending seeds, then the seeds' own steps."""
         x, y = batch
-        self.model.train()
+        if not self.model.training:  # .train() walks every module: only when switching
+            self.model.train()
         loss = self.loss_fn(self.model(x), y)
         if step == self.fam.fault_nan_step:
             loss = loss * float("nan")

@@ -85,7 +85,7 @@ def run_sweep(
                                      *(k for t in trials for k in parameters(t.config))]))
     summary = SummaryCsv(sweep_dir / "sweep_summary.csv", param_keys)
     targets = TargetsFile(Path(file_sd_dir) / f"{sweep_name}.json") if file_sd_dir else None
-    child_env = _child_env(env)
+    child_env = _child_env(env, parallel)
     pending, running = list(trials), list[_Running]()
     rows: list[dict[str, Any]] = []
     ports: set[int] = set()  # handed out in this sweep: never twice
@@ -122,8 +122,11 @@ def run_sweep(
     return SweepResult(sweep_dir, rows, failed, interrupted=bool(signals["count"]))
 
 
-def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+def _child_env(extra: dict[str, str] | None, parallel: int = 1) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Share the cores between concurrent trials: oversubscribed OpenMP threads
+    # spin-wait on each other and can make every trial several times slower.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, parallel))))
     # `python -m engine` must import this very engine even when the sweep was
     # started through scripts/run.py or from another working directory.
     root = str(Path(__file__).resolve().parents[2])
@@ -196,13 +199,20 @@ def _stop(r: _Running, count: int) -> None:
         r.signalled = count
 
 
+#: Environment variable naming the host Prometheus should scrape trials on.
+ADVERTISE_ENV = "PLASTICITY_METRICS_ADVERTISE_HOST"
+
+
 def _register(r: _Running, targets: TargetsFile, sweep_name: str) -> None:
     try:
         ep = json.loads((r.run_dir / "endpoint.json").read_text())
         host, port = str(ep["host"]), int(ep["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # not written (or not completely) yet: retry next poll
-    host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+    if host in ("", "0.0.0.0", "::"):
+        # A wildcard bind is reached through the address Prometheus can see:
+        # the container's service name under compose, loopback otherwise.
+        host = os.environ.get(ADVERTISE_ENV) or ("127.0.0.1" if host != "::" else "::1")
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     labels = {"sweep": sweep_name, "run": r.trial.run_id, "trial": f"{r.trial.index:03d}"}
     targets.add(r.trial.run_id, f"{host}:{port}", labels)

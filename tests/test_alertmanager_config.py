@@ -1,0 +1,234 @@
+"""Alertmanager config: amtool checks, routing per severity, and the Slack
+messages a real Alertmanager renders from the repo's templates (posted to a
+local recorder standing in for Slack), including the divergence inhibition."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from binaries import ALERTMANAGER_YML, RULES_DIR, TEMPLATES_DIR, render_alertmanager_config, require_binary
+from conftest import free_port
+
+RECEIVER = {"critical": "slack-critical", "warning": "slack-warning"}
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for f in sorted(RULES_DIR.glob("*.yml"))
+            for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r}
+
+
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_binary("amtool"), *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def rendered(tmp_path: Path) -> Path:
+    """alertmanager.yml with a local secret file holding a (fake) webhook URL."""
+    secret = tmp_path / "slack_webhook_url"
+    secret.write_text("http://127.0.0.1:9/slack\n")
+    return render_alertmanager_config(tmp_path / "alertmanager.yml", secret)
+
+
+def test_check_config_shipped_and_rendered(rendered: Path) -> None:
+    for path in (ALERTMANAGER_YML, rendered):
+        res = _amtool("check-config", str(path))
+        assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+
+def test_production_settings() -> None:
+    """Secrets from files only, resolved messages, grouping per alert and run,
+    sane production timings, the divergence inhibition."""
+    text = ALERTMANAGER_YML.read_text()
+    assert "hooks.slack.com" not in text and "api_url:" not in text
+    cfg = yaml.safe_load(text)
+    assert cfg["templates"] == ["/etc/alertmanager/templates/*.tmpl"]
+    assert list(TEMPLATES_DIR.glob("*.tmpl")), "no message templates in the repo"
+    names = {r["name"] for r in cfg["receivers"]}
+    assert set(RECEIVER.values()) <= names
+    for receiver in cfg["receivers"]:
+        assert receiver.get("slack_configs"), receiver["name"]
+        for slack in receiver["slack_configs"]:
+            assert slack["api_url_file"].startswith("/run/secrets/")
+            assert slack["send_resolved"] is True
+    route = cfg["route"]
+    assert {"alertname", "run_id"} <= set(route["group_by"])
+    from binaries import duration_seconds as secs
+    for r in [route, *route["routes"]]:
+        wait = secs(r.get("group_wait", route["group_wait"]))
+        interval = secs(r.get("group_interval", route["group_interval"]))
+        repeat = secs(r.get("repeat_interval", route["repeat_interval"]))
+        assert 5 <= wait <= 60 and 60 <= interval <= 600 and 3600 <= repeat <= 86400, r
+    critical = next(r for r in route["routes"] if r["receiver"] == "slack-critical")
+    assert secs(critical["group_wait"]) <= 10  # pages go out fast
+    inhibit = [r for r in cfg["inhibit_rules"] if 'alertname="AccuracyDrop"' in r["target_matchers"]]
+    assert inhibit and "run_id" in inhibit[0]["equal"]
+    assert 'severity="critical"' in inhibit[0]["source_matchers"]
+    assert any("LossNonFinite" in m and "LossDiverging" in m for m in inhibit[0]["source_matchers"])
+
+
+@pytest.mark.parametrize("severity", sorted(RECEIVER))
+def test_routes_by_severity(rendered: Path, severity: str) -> None:
+    for name, rule in _alerts().items():
+        if rule["labels"]["severity"] != severity:
+            continue
+        res = _amtool("config", "routes", "test", f"--config.file={rendered}",
+                      f"severity={severity}", f"alertname={name}", "run_id=r1", "sweep=s")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == [RECEIVER[severity]], (name, res.stdout)
+
+
+def test_every_alert_severity_is_routed() -> None:
+    assert {r["labels"]["severity"] for r in _alerts().values()} <= set(RECEIVER)
+    assert {r["labels"]["severity"] for r in _alerts().values()} == set(RECEIVER)
+
+
+def test_unlabelled_alert_falls_back_to_warning(rendered: Path) -> None:
+    res = _amtool("config", "routes", "test", f"--config.file={rendered}", "alertname=Other")
+    assert res.stdout.split() == ["slack-warning"], res.stdout + res.stderr
+
+
+# -- a real Alertmanager posting to a local Slack stand-in --------------------
+
+class _Slack:
+    """Records the JSON bodies POSTed to it, as Slack's webhook would receive them."""
+
+    def __init__(self, port: int) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer.lock:
+                    outer.posts.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                hits = [p for p in self.posts if pred(p)]
+            if hits:
+                return hits[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no matching Slack post within {timeout}s; got {self.posts}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _alert(name: str, run_id: str, sweep: str | None, ends: datetime | None = None) -> dict[str, Any]:
+    rule = _alerts()[name]
+    labels = {"alertname": name, "severity": rule["labels"]["severity"], "run_id": run_id,
+              "job": "engine_trials" if sweep else "engine", "instance": "127.0.0.1:9101"}
+    where = f"Run {run_id}"
+    if sweep:
+        labels |= {"sweep": sweep, "run": run_id, "trial": "001"}
+        where += f" (sweep {sweep}, trial 001)"
+    now = datetime.now(timezone.utc)
+    alert = {"labels": labels, "startsAt": (now - timedelta(seconds=30)).isoformat(),
+             "annotations": {"summary": f"{name} in {run_id}", "description": f"{where}: test",
+                             "value": f"value-of-{name}", "runbook_url": rule["annotations"]["runbook_url"]},
+             "generatorURL": "http://127.0.0.1:9090/graph"}
+    if ends:
+        alert["endsAt"] = ends.isoformat()
+    return alert
+
+
+def _text(post: dict[str, Any]) -> str:
+    return json.dumps(post["attachments"][0])
+
+
+def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
+    binary = require_binary("prometheus-alertmanager")
+    slack_port, am_port = free_port(), free_port()
+    slack = _Slack(slack_port)
+    secret = tmp_path / "slack_webhook_url"
+    secret.write_text(f"http://127.0.0.1:{slack_port}/slack\n")
+    cfg = render_alertmanager_config(tmp_path / "alertmanager.yml", secret,
+                                     group_wait="1s", group_interval="1s", repeat_interval="1h")
+    log = open(tmp_path / "alertmanager.log", "wb")
+    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+                            stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{am_port}/api/v2"
+
+    def post(alerts: list[dict[str, Any]]) -> None:
+        req = urllib.request.Request(f"{base}/alerts", data=json.dumps(alerts).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/status", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()
+                assert time.monotonic() < deadline, "Alertmanager did not come up"
+                time.sleep(0.2)
+        post([_alert("LossNonFinite", "r1", "s"), _alert("AccuracyDrop", "r1", "s"),
+              _alert("AccuracyDrop", "r2", None)])
+
+        page = slack.wait_for(lambda p: "LossNonFinite" in _text(p), 20)
+        att = page["attachments"][0]
+        assert att["title"] == "[FIRING:1] LossNonFinite · run r1 · sweep s"
+        assert att["color"] == "danger" and "<!channel>" in att["pretext"]
+        assert att["title_link"] == "http://localhost:3000/d/plasticity-overview?var-run_id=r1&var-sweep=s"
+        for part in ("*Run:* `r1`", "*Sweep:* `s`", "*Trial:* `001`", "*Value:* value-of-LossNonFinite",
+                     "Run r1 (sweep s, trial 001): test",
+                     "<http://localhost:3000/d/plasticity-overview?var-run_id=r1&var-sweep=s|",
+                     "`monitoring/runbook.md#lossnonfinite`"):
+            assert part in att["text"], (part, att["text"])
+
+        info = slack.wait_for(lambda p: "AccuracyDrop" in _text(p), 20)
+        att = info["attachments"][0]
+        assert att["title"] == "[FIRING:1] AccuracyDrop · run r2"
+        assert att["color"] == "warning" and "<!channel>" not in json.dumps(att)
+        assert "var-run_id=r2" in att["text"] and "var-sweep" not in att["text"]
+        assert "`monitoring/runbook.md#accuracydrop`" in att["text"]
+
+        # r1's accuracy drop is muted by r1's divergence (same run), r2's is not.
+        with urllib.request.urlopen(f"{base}/alerts?filter=alertname%3D%22AccuracyDrop%22", timeout=5) as r:
+            states = {a["labels"]["run_id"]: a["status"] for a in json.loads(r.read())}
+        assert states["r1"]["state"] == "suppressed" and states["r1"]["inhibitedBy"], states
+        assert states["r2"]["state"] == "active", states
+        time.sleep(2)  # two more group intervals: r1's group would have flushed by now
+        assert not [p for p in slack.posts if "AccuracyDrop" in _text(p) and "r1" in p["attachments"][0]["title"]]
+
+        # send_resolved: resolving the divergence sends a resolved message.
+        post([_alert("LossNonFinite", "r1", "s", ends=datetime.now(timezone.utc))])
+        done = slack.wait_for(lambda p: p["attachments"][0]["title"].startswith("[RESOLVED]"), 20)
+        att = done["attachments"][0]
+        assert att["title"] == "[RESOLVED] LossNonFinite · run r1 · sweep s"
+        assert att["color"] == "good" and "*Resolved:*" in att["text"] and "<!channel>" not in att.get("pretext", "")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+        slack.close()

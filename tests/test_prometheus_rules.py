@@ -1,0 +1,269 @@
+"""Prometheus config and rules, checked and unit-tested with the real promtool.
+
+Also: the shipped scrape/evaluation settings, file_sd labels reaching the
+series in a real Prometheus, and that the rule unit tests catch the classic
+mistakes (a mutated rule must make them fail).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from binaries import (PROMETHEUS_YML, RULE_TESTS_DIR, RULES_DIR, duration_seconds, render_prometheus_config,
+                      require_binary)
+from conftest import free_port
+
+from engine.sweep.file_sd import TargetsFile
+
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+TEST_FILES = sorted(RULE_TESTS_DIR.glob("*.yml"))
+ENGINE_JOBS = ("engine", "engine_trials")
+
+
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_binary("promtool"), *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
+
+
+def _config() -> dict[str, Any]:
+    return yaml.safe_load(PROMETHEUS_YML.read_text())
+
+
+def test_repo_has_rules_and_rule_tests() -> None:
+    assert RULE_FILES and TEST_FILES
+
+
+def test_config_syntax() -> None:
+    res = _promtool("check", "config", "--syntax-only", str(PROMETHEUS_YML))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_config_with_repo_paths(tmp_path: Path) -> None:
+    """The shipped config, with its container paths pointed at the repo, loads
+    every rule file (a glob matching nothing would pass silently)."""
+    cfg = _config()
+    sd = tmp_path / "file_sd"
+    TargetsFile(sd / "demo.json").add("abc", "127.0.0.1:9999", {"sweep": "demo", "run": "abc", "trial": "000"})
+    cfg["rule_files"] = [str(RULES_DIR / "*.yml")]
+    for job in cfg["scrape_configs"]:
+        for sd_cfg in job.get("file_sd_configs", []):
+            sd_cfg["files"] = [str(sd / "*.json")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = _promtool("check", "config", str(path))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in out, out
+    for f in RULE_FILES:
+        assert str(f) in out, out
+
+
+def test_check_rules() -> None:
+    res = _promtool("check", "rules", *map(str, RULE_FILES))
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", res.stdout))
+    assert found == len(_rules())
+
+
+def test_rule_unit_tests() -> None:
+    res = _promtool("test", "rules", *map(str, TEST_FILES))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_production_intervals_and_targets() -> None:
+    """Scrape targets and intervals as documented (README latency figure)."""
+    cfg = _config()
+    assert duration_seconds(cfg["global"]["evaluation_interval"]) == 15
+    assert cfg["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert jobs["engine"]["static_configs"][0]["targets"] == ["engine:8000"]
+    assert jobs["engine_trials"]["file_sd_configs"][0]["files"] == ["/etc/prometheus/file_sd/*.json"]
+    for name in ENGINE_JOBS:
+        job = jobs[name]
+        assert duration_seconds(job["scrape_interval"]) == 5
+        assert duration_seconds(job["scrape_timeout"]) < 5
+        # The engine exports run_id; the target labels sweep/run/trial must not
+        # be relabelled away or overridden by exported labels.
+        assert not job.get("honor_labels")
+        assert "relabel_configs" not in job and "metric_relabel_configs" not in job
+
+
+def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    """Each alert: a case with expected alerts (labels incl. severity and run_id,
+    every annotation of the rule) and a case expecting none."""
+    cases: dict[str, list[dict[str, Any]]] = {}
+    for f in TEST_FILES:
+        for test in yaml.safe_load(f.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                cases.setdefault(case["alertname"], []).append(case)
+    for rule in (r for r in _rules() if "alert" in r):
+        name = rule["alert"]
+        firing = [c for c in cases.get(name, []) if c.get("exp_alerts")]
+        quiet = [c for c in cases.get(name, []) if not c.get("exp_alerts")]
+        assert firing, f"{name}: no unit test case where it fires"
+        assert quiet, f"{name}: no unit test case where it must stay quiet"
+        for case in firing:
+            for exp in case["exp_alerts"]:
+                assert exp["exp_labels"]["severity"] == rule["labels"]["severity"], name
+                assert exp["exp_labels"].get("run_id"), name
+                assert set(exp["exp_annotations"]) == set(rule["annotations"]), name
+
+
+def test_every_recording_rule_has_an_expr_test() -> None:
+    tested: set[str] = set()
+    for f in TEST_FILES:
+        for test in yaml.safe_load(f.read_text())["tests"]:
+            tested |= {c["expr"] for c in test.get("promql_expr_test", []) if c.get("exp_samples")}
+    for rule in (r for r in _rules() if "record" in r):
+        assert rule["record"] in tested, f"recording rule {rule['record']} has no promql_expr_test"
+
+
+# Naive versions of rules, which the unit tests must reject:
+# name -> (alert whose test cases run, rule file, text, replacement).
+MUTATIONS = {
+    # increase() misses a counter that is already 1 at the first scrape.
+    "LossNonFinite via increase()": (
+        "LossNonFinite", "alerts.yml",
+        'max_over_time(plasticity_nonfinite_loss_steps_total[10m]) > 0\n'
+        '            or\n'
+        '              max_over_time(plasticity_run_status{status="diverged"}[10m]) == 1',
+        "increase(plasticity_nonfinite_loss_steps_total[10m]) > 0",
+    ),
+    # A baseline window that contains the spike dilutes the z-score.
+    "LossDiverging baseline without offset": (
+        "LossDiverging", "recording.yml",
+        "(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m] offset 5m))\n"
+        "            / stddev_over_time(plasticity_train_loss[30m] offset 5m)",
+        "(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m]))\n"
+        "            / stddev_over_time(plasticity_train_loss[30m])",
+    ),
+    # Without the status guard a finished run "stalls" forever.
+    "TrainingStalled without running guard": (
+        "TrainingStalled", "alerts.yml",
+        "(time() - plasticity_last_step_timestamp_seconds) > 300\n"
+        '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1',
+        "(time() - plasticity_last_step_timestamp_seconds) > 300",
+    ),
+    # A plain `up == 0` keeps alerting on every run that ended normally.
+    "TargetDown as up == 0": (
+        "TargetDown", "alerts.yml",
+        "max by (job, instance, run_id, sweep, run, trial) (\n"
+        '            last_over_time(plasticity_run_status{job=~"engine|engine_trials", status="running"}[1h]) == 1\n'
+        "          )\n"
+        '          unless on (job, instance) (up{job=~"engine|engine_trials"} == 1)',
+        'up{job=~"engine|engine_trials"} == 0',
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_unit_tests_reject_naive_rules(name: str, tmp_path: Path) -> None:
+    """With one rule replaced by its naive version, that alert's unit test
+    cases fail (only those cases run, to keep this fast)."""
+    alert, target, old, new = MUTATIONS[name]
+    rules, tests = tmp_path / "rules", tmp_path / "tests"
+    rules.mkdir()
+    tests.mkdir()
+    for f in RULE_FILES:
+        text = f.read_text()
+        if f.name == target:
+            assert old in text, f"mutation {name!r} no longer applies: update it with the rule"
+            text = text.replace(old, new)
+        (rules / f.name).write_text(text)
+    selected = []
+    for f in TEST_FILES:
+        data = yaml.safe_load(f.read_text())
+        data["rule_files"] = [str(rules / Path(r).name) for r in data["rule_files"]]
+        data["tests"] = [t for t in data["tests"]
+                         if any(c["alertname"] == alert for c in t.get("alert_rule_test", []))]
+        if data["tests"]:
+            selected.append(tests / f.name)
+            selected[-1].write_text(yaml.safe_dump(data))
+    assert selected, f"no unit test case for {alert}"
+    # Unmutated, the selected cases pass; mutated, they fail.
+    for f in selected:
+        original = yaml.safe_load(f.read_text())
+        original["rule_files"] = [str(r) for r in RULE_FILES]
+        (tmp_path / f"orig_{f.name}").write_text(yaml.safe_dump(original))
+    ok = _promtool("test", "rules", *(str(tmp_path / f"orig_{f.name}") for f in selected))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    res = _promtool("test", "rules", *map(str, selected))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, f"unit tests still pass with {name}:\n{out}"
+    assert f"alertname: {alert}," in out, out
+    # The mutated rules are still valid: the failure is the tests' doing.
+    assert _promtool("check", "rules", *(str(rules / f.name) for f in RULE_FILES)).returncode == 0
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_real_prometheus_keeps_file_sd_labels_and_loads_rules(tmp_path: Path) -> None:
+    """A real Prometheus with the shipped config (local paths) scrapes a trial
+    registered by the engine's TargetsFile with sweep/run/trial on its series,
+    and loads every rule group healthy."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    binary = require_binary("prometheus")
+    registry = CollectorRegistry()
+    Gauge("plasticity_train_loss", "x", ["run_id"], registry=registry).labels("abc123").set(0.5)
+    target_port, prom_port = free_port(), free_port()
+    server, _thread = start_http_server(target_port, addr="127.0.0.1", registry=registry)
+    sd = tmp_path / "file_sd"
+    TargetsFile(sd / "demo.json").add("abc123", f"127.0.0.1:{target_port}",
+                                      {"sweep": "demo", "run": "abc123", "trial": "007"})
+    cfg = render_prometheus_config(tmp_path / "prometheus.yml", file_sd_dir=sd,
+                                   scrape_interval="1s", evaluation_interval="1s")
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{prom_port}"
+    query = urllib.parse.quote('plasticity_train_loss{job="engine_trials"}')
+    try:
+        deadline, result = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not result:
+            time.sleep(0.5)
+            try:
+                result = _get(f"{base}/api/v1/query?query={query}")["data"]["result"]
+            except OSError:
+                continue
+        assert result, (tmp_path / "prometheus.log").read_text()[-2000:]
+        labels = result[0]["metric"]
+        assert {k: labels.get(k) for k in ("sweep", "run", "trial", "run_id")} == {
+            "sweep": "demo", "run": "abc123", "trial": "007", "run_id": "abc123"}
+        groups = _get(f"{base}/api/v1/rules")["data"]["groups"]
+        loaded = {r["name"] for g in groups for r in g["rules"]}
+        assert loaded == {r.get("alert") or r["record"] for r in _rules()}
+        # Health is "unknown" until a rule's first evaluation, "err" on failure.
+        deadline, bad = time.monotonic() + 10, {"": "not evaluated"}
+        while bad and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rules = [r for g in _get(f"{base}/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+            bad = {r["name"]: r.get("lastError") or r.get("health") for r in rules if r.get("health") != "ok"}
+        assert not bad, bad
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+        server.shutdown()
+        server.server_close()
