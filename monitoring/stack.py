@@ -313,15 +313,36 @@ def _prepare(workdir: Path, prometheus_port: int, alertmanager_port: int, slack_
 def _commands(workdir: Path, cfg: RenderedConfigs, prometheus_port: int, alertmanager_port: int,
               resend_delay: str | None, prefix: dict[str, list[str]]) -> dict[str, list[str]]:
     """Command lines of both services; ``prefix`` holds each binary (local) or nothing (docker)."""
-    am = [*prefix["alertmanager"], f"--config.file={cfg.alertmanager}", f"--storage.path={workdir / 'alertmanager-data'}",
+    am = [*prefix.get("alertmanager", []), f"--config.file={cfg.alertmanager}", f"--storage.path={workdir / 'alertmanager-data'}",
           f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address=",
           f"--web.external-url=http://127.0.0.1:{alertmanager_port}/"]
-    prom = [*prefix["prometheus"], f"--config.file={cfg.prometheus}", f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+    prom = [*prefix.get("prometheus", []), f"--config.file={cfg.prometheus}", f"--storage.tsdb.path={workdir / 'prometheus-data'}",
             f"--web.listen-address=127.0.0.1:{prometheus_port}", "--web.enable-lifecycle",
             f"--web.external-url=http://127.0.0.1:{prometheus_port}/"]
     if resend_delay:
         prom.append(f"--rules.alert.resend-delay={resend_delay}")
     return {"alertmanager": am, "prometheus": prom}
+
+
+def _plan(workdir: Path, local: bool, prometheus_port: int, alertmanager_port: int, engine_targets: list[str] | None,
+          file_sd_dir: Path | None, slack_url_file: Path | None, resend_delay: str | None,
+          **timing: str | None) -> tuple[Path, dict[str, list[str]], set[Path]]:
+    """Check the input and render the configs.
+
+    Returns the work dir, both services' command lines and the directories they read.
+    """
+    for value in (resend_delay, *timing.values()):
+        if value:
+            seconds(value)
+    workdir, slack, binaries = _prepare(workdir, prometheus_port, alertmanager_port, slack_url_file,
+                                        tuple(BINARIES) if local else ())
+    file_sd = Path(file_sd_dir or workdir / "file_sd").resolve()
+    file_sd.mkdir(parents=True, exist_ok=True)
+    cfg = render_configs(workdir, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port,
+                         engine_targets=engine_targets or ["127.0.0.1:8000"], file_sd_dir=file_sd,
+                         slack_url_file=slack, **timing)
+    reads = {workdir, file_sd, slack.parent, REPO / "prometheus", REPO / "alertmanager"}
+    return workdir, _commands(workdir, cfg, prometheus_port, alertmanager_port, resend_delay, binaries), reads
 
 
 def start_local(workdir: Path, *, prometheus_port: int = 9090, alertmanager_port: int = 9093,
@@ -332,21 +353,14 @@ def start_local(workdir: Path, *, prometheus_port: int = 9090, alertmanager_port
                 ready_timeout: float = 30.0) -> list[Service]:
     """Start Prometheus and Alertmanager on loopback with the rendered configs; wait until ready.
 
-    Returns the started services (also recorded in ``<workdir>/stack.json``).
-    On any failure, whatever was started is stopped again and :class:`StackError` raised.
+    Timings left at None keep the shipped values (``resend_delay``: Prometheus's
+    default 1m). Returns the started services (also recorded in
+    ``<workdir>/stack.json``). On any failure, whatever was started is stopped
+    again and the error raised (:class:`StackError` for bad input or a failed start).
     """
-    for value in (scrape_interval, evaluation_interval, group_wait, group_interval, resend_delay):
-        if value:
-            seconds(value)
-    workdir, slack, binaries = _prepare(workdir, prometheus_port, alertmanager_port, slack_url_file, tuple(BINARIES))
-    file_sd = Path(file_sd_dir or workdir / "file_sd").resolve()
-    file_sd.mkdir(parents=True, exist_ok=True)
-    cfg = render_configs(workdir, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port,
-                         scrape_interval=scrape_interval, evaluation_interval=evaluation_interval,
-                         group_wait=group_wait, group_interval=group_interval,
-                         engine_targets=engine_targets or ["127.0.0.1:8000"], file_sd_dir=file_sd,
-                         slack_url_file=slack)
-    cmds = _commands(workdir, cfg, prometheus_port, alertmanager_port, resend_delay, binaries)
+    workdir, cmds, _ = _plan(workdir, True, prometheus_port, alertmanager_port, engine_targets, file_sd_dir,
+                          slack_url_file, resend_delay, scrape_interval=scrape_interval,
+                          evaluation_interval=evaluation_interval, group_wait=group_wait, group_interval=group_interval)
     services: list[Service] = []
     try:  # Alertmanager first, so Prometheus can deliver its very first alerts
         services.append(_spawn("alertmanager", cmds["alertmanager"], alertmanager_port, workdir))
@@ -360,19 +374,30 @@ def start_local(workdir: Path, *, prometheus_port: int = 9090, alertmanager_port
     return services
 
 
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it ended between the identity check and now
+
+
 def _terminate(services: list[Service], grace: float = 10.0) -> list[Service]:
     """SIGTERM each service that still is ours, SIGKILL it after ``grace`` s; returns those signalled."""
     ours = [s for s in services if is_ours(s)]
     for svc in ours:
-        os.kill(svc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for svc in ours:
-        while not _gone(svc.pid):
-            if time.monotonic() > deadline:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0fs: killing it", svc.name, svc.pid, grace)
-                os.kill(svc.pid, signal.SIGKILL)
-                deadline = time.monotonic() + grace
-            time.sleep(0.05)
+        _signal(svc.pid, signal.SIGTERM)
+    deadline, killed = time.monotonic() + grace, False
+    while any(not _gone(s.pid) for s in ours):
+        if time.monotonic() > deadline:
+            if killed:
+                log.error("still running after SIGKILL: %s", [s.pid for s in ours if not _gone(s.pid)])
+                break
+            for svc in ours:
+                if not _gone(svc.pid):
+                    log.warning("%s (pid %d) ignored SIGTERM for %.0fs: killing it", svc.name, svc.pid, grace)
+                    _signal(svc.pid, signal.SIGKILL)
+            deadline, killed = time.monotonic() + grace, True
+        time.sleep(0.05)
     return ours
 
 
@@ -423,7 +448,7 @@ def _container_running(client: Any, container: str) -> bool:
 def docker_client() -> Any | None:
     """A Docker SDK client if the ``docker`` package is installed and an engine answers, else None."""
     try:
-        import docker  # lazy: optional dependency, and slow to import
+        import docker  # type: ignore[import-untyped]  # lazy: optional, and slow to import
     except ImportError:
         return None
     try:
@@ -442,21 +467,19 @@ def compose_images(compose_file: Path = REPO / "docker-compose.yml") -> dict[str
 
 def start_docker(workdir: Path, client: Any, *, prometheus_port: int = 9090, alertmanager_port: int = 9093,
                  engine_targets: list[str] | None = None, file_sd_dir: Path | None = None,
-                 slack_url_file: Path | None = None, ready_timeout: float = 60.0) -> list[Service]:
+                 slack_url_file: Path | None = None, scrape_interval: str | None = None,
+                 evaluation_interval: str | None = None, group_wait: str | None = None,
+                 group_interval: str | None = None, resend_delay: str | None = None,
+                 ready_timeout: float = 60.0) -> list[Service]:
     """The same loopback stack as :func:`start_local`, as containers of the compose file's images.
 
     Containers use the host network (so loopback addresses mean the same
     thing) and bind-mount every path they read at the same absolute path.
     """
-    workdir, slack, _ = _prepare(workdir, prometheus_port, alertmanager_port, slack_url_file)
-    file_sd = Path(file_sd_dir or workdir / "file_sd").resolve()
-    file_sd.mkdir(parents=True, exist_ok=True)
-    cfg = render_configs(workdir, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port,
-                         engine_targets=engine_targets or ["127.0.0.1:8000"], file_sd_dir=file_sd,
-                         slack_url_file=slack)
-    cmds = _commands(workdir, cfg, prometheus_port, alertmanager_port, None, {n: [] for n in BINARIES})
-    mounts = {str(p): {"bind": str(p), "mode": "rw" if p == workdir else "ro"}
-              for p in {workdir, file_sd, slack.parent, REPO / "prometheus", REPO / "alertmanager"}}
+    workdir, cmds, reads = _plan(workdir, False, prometheus_port, alertmanager_port, engine_targets, file_sd_dir,
+                          slack_url_file, resend_delay, scrape_interval=scrape_interval,
+                          evaluation_interval=evaluation_interval, group_wait=group_wait, group_interval=group_interval)
+    mounts = {str(p): {"bind": str(p), "mode": "rw" if p == workdir else "ro"} for p in reads}
     services: list[Service] = []
     try:
         images = compose_images()
@@ -481,7 +504,8 @@ def _remove_containers(client: Any, services: list[Service]) -> list[Service]:
     for svc in services:
         try:
             box = client.containers.get(svc.container)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception as exc:  # noqa: BLE001 - removed by hand, or the engine forgot it
+            log.info("%s container %s is gone already: %s", svc.name, svc.container[:12], exc)
             continue
         box.stop(timeout=10)
         box.remove()

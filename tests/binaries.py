@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ def require_binary(name: str) -> str:
     pytest.skip(message)
 
 
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a server binary with stdout and stderr going to ``log``."""
+    with open(log, "wb") as fh:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process this test started (by its handle): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def _dump(data: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -101,22 +119,6 @@ def render_prometheus_config(dst: Path, *, rules_dir: Path = RULES_DIR, file_sd_
         jobs.append(job)
     cfg["scrape_configs"] = jobs
     return _dump(cfg, dst)
-
-
-def render_rules(dst_dir: Path, *, max_for: str | None = None) -> Path:
-    """Copy the rule files into ``dst_dir``; with ``max_for``, every alert's
-    ``for:`` becomes ``max_for`` (so sustained alerts fire within a short test).
-    Returns ``dst_dir``."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    for src in sorted(RULES_DIR.glob("*.yml")):
-        data = yaml.safe_load(src.read_text())
-        if max_for is not None:
-            for group in data["groups"]:
-                for rule in group["rules"]:
-                    if "alert" in rule and "for" in rule:
-                        rule["for"] = max_for
-        _dump(data, dst_dir / src.name)
-    return dst_dir
 
 
 def render_alertmanager_config(dst: Path, slack_url_file: Path, *,

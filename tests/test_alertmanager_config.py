@@ -5,18 +5,29 @@ local recorder standing in for Slack), including the divergence inhibition."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
-from binaries import ALERTMANAGER_YML, RULES_DIR, TEMPLATES_DIR, render_alertmanager_config, require_binary
+from binaries import (
+    ALERTMANAGER_YML,
+    ROOT,
+    RULES_DIR,
+    TEMPLATES_DIR,
+    render_alertmanager_config,
+    require_binary,
+    start,
+    stop,
+)
 from conftest import free_port
 
 RECEIVER = {"critical": "slack-critical", "warning": "slack-warning"}
@@ -28,7 +39,8 @@ def _alerts() -> dict[str, dict[str, Any]]:
 
 
 def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_binary("amtool"), *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([require_binary("amtool"), *args], check=False, capture_output=True,
+                          text=True, timeout=30)
 
 
 @pytest.fixture
@@ -108,7 +120,7 @@ class _Slack:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:
                     outer.posts.append(json.loads(body))
@@ -167,10 +179,9 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
     secret.write_text(f"http://127.0.0.1:{slack_port}/slack\n")
     cfg = render_alertmanager_config(tmp_path / "alertmanager.yml", secret,
                                      group_wait="1s", group_interval="1s", repeat_interval="1h")
-    log = open(tmp_path / "alertmanager.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-                            stdout=log, stderr=log)
+    proc = start([binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+                  tmp_path / "alertmanager.log")
     base = f"http://127.0.0.1:{am_port}/api/v2"
 
     def post(alerts: list[dict[str, Any]]) -> None:
@@ -195,10 +206,10 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
         att = page["attachments"][0]
         assert att["title"] == "[FIRING:1] LossNonFinite · run r1 · sweep s"
         assert att["color"] == "danger" and "<!channel>" in att["pretext"]
-        assert att["title_link"] == "http://localhost:3000/d/plasticity-overview?var-run_id=r1&var-sweep=s"
+        assert att["title_link"] == "http://localhost:3000/d/plasticity-overview?var-run=r1&var-sweep=s"
         for part in ("*Run:* `r1`", "*Sweep:* `s`", "*Trial:* `001`", "*Value:* value-of-LossNonFinite",
                      "Run r1 (sweep s, trial 001): test",
-                     "<http://localhost:3000/d/plasticity-overview?var-run_id=r1&var-sweep=s|",
+                     "<http://localhost:3000/d/plasticity-overview?var-run=r1&var-sweep=s|",
                      "`monitoring/runbook.md#lossnonfinite`"):
             assert part in att["text"], (part, att["text"])
 
@@ -206,7 +217,7 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
         att = info["attachments"][0]
         assert att["title"] == "[FIRING:1] AccuracyDrop · run r2"
         assert att["color"] == "warning" and "<!channel>" not in json.dumps(att)
-        assert "var-run_id=r2" in att["text"] and "var-sweep" not in att["text"]
+        assert "var-run=r2" in att["text"] and "var-sweep" not in att["text"]
         assert "`monitoring/runbook.md#accuracydrop`" in att["text"]
 
         # r1's accuracy drop is muted by r1's divergence (same run), r2's is not.
@@ -224,11 +235,19 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
         assert att["title"] == "[RESOLVED] LossNonFinite · run r1 · sweep s"
         assert att["color"] == "good" and "*Resolved:*" in att["text"] and "<!channel>" not in att.get("pretext", "")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+        stop(proc)
         slack.close()
+
+
+def test_dashboard_link_matches_committed_dashboard() -> None:
+    """The Slack link names a dashboard uid and template variables that exist."""
+    template = (TEMPLATES_DIR / "slack.tmpl").read_text()
+    uids = set(re.findall(r"/d/([\w-]+)\?", template))
+    assert len(uids) == 1, f"expected one Grafana dashboard link in the Slack template, got {uids}"
+    uid, variables = uids.pop(), set(re.findall(r"var-(\w+)=", template))
+    assert {"run", "sweep"} <= variables
+    dashboards = {d["uid"]: d for d in (json.loads(p.read_text())
+                                        for p in (ROOT / "grafana" / "dashboards").glob("*.json"))}
+    assert uid in dashboards, f"no committed dashboard with uid {uid}"
+    names = {v["name"] for v in dashboards[uid]["templating"]["list"]}
+    assert variables <= names, f"dashboard {uid} has no variable(s) {variables - names}"

@@ -20,14 +20,18 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
 from test_e2e_alerting import QUIET, Stack, get_json, local_stack, query
 
-from monitoring.dashboards import annotation_queries, panel_queries, substitute, variable_queries
+from monitoring.dashboards import (
+    annotation_queries,
+    panel_queries,
+    substitute,
+    variable_queries,
+)
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RATE_INTERVAL = "4s"  # Grafana: max(4 x scrape interval, interval + scrape interval) at a 1 s scrape

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
 from binaries import require_binary
 from conftest import free_port
@@ -65,7 +66,7 @@ def slack_mock() -> Iterator[SlackMock]:
     received: list[tuple[float, dict[str, Any]]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             received.append((time.time(), json.loads(body)))
             self.send_response(200)
@@ -166,6 +167,26 @@ def rfc3339(stamp: str) -> float:
     return datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp() + float(f"0.{frac or 0}")
 
 
+def production_latency() -> tuple[float, float]:
+    """(typical, worst case) seconds from a divergence to the Slack page with the shipped configs.
+
+    Up to one engine scrape interval until Prometheus sees the diverged run,
+    up to one evaluation interval until LossNonFinite (plus its ``for``, none
+    today) fires, then the critical route's ``group_wait``; typical = half of
+    each wait that depends on the phase, delivery not counted.
+    """
+    prom, am = yaml.safe_load(ms.PROMETHEUS_YML.read_text()), yaml.safe_load(ms.ALERTMANAGER_YML.read_text())
+    engine = next(j for j in prom["scrape_configs"] if j["job_name"] == "engine")
+    scrape = ms.seconds(engine.get("scrape_interval", prom["global"]["scrape_interval"]))
+    evaluation = ms.seconds(prom["global"]["evaluation_interval"])
+    rules = [r for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+             for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+    hold = ms.seconds(next(r for r in rules if r.get("alert") == "LossNonFinite").get("for", "0s"))
+    route = next(r for r in am["route"].get("routes", []) if 'severity="critical"' in r.get("matchers", []))
+    wait = ms.seconds(route.get("group_wait", am["route"].get("group_wait", "30s")))
+    return (scrape + evaluation) / 2 + hold + wait, scrape + evaluation + hold + wait
+
+
 @pytest.fixture(scope="module")
 def slack() -> Iterator[SlackMock]:
     with slack_mock() as mock:
@@ -195,7 +216,8 @@ def test_divergence_pages_slack_and_inhibits_the_accuracy_drop(stack: Stack, sla
 
         # Prometheus scraped the run: the target is up and the engine's series carry its run_id.
         wait_for("up == 1", lambda: query(prom, 'up{job="engine"} == 1'), timeout=30, proc=proc)
-        assert query(prom, f'plasticity_run_info{{job="engine", run_id="{run_id}"}}')
+        wait_for("the run's series", lambda: query(prom, f'plasticity_run_info{{job="engine", run_id="{run_id}"}}'),
+                 timeout=10, proc=proc)
         wait_for("the diverged status", lambda: query(
             prom, f'plasticity_run_status{{run_id="{run_id}", status="diverged"}} == 1'), timeout=30, proc=proc)
 
@@ -214,6 +236,8 @@ def test_divergence_pages_slack_and_inhibits_the_accuracy_drop(stack: Stack, sla
         page = wait_for("the Slack page", lambda: slack.matching(run_id, "LossNonFinite"), timeout=30, proc=proc)
         arrived, message = page[0]
         assert {"text", "attachments", "blocks"} & set(message), message
+        body = json.dumps(message)  # rendered by the shipped template: the run's dashboard and runbook
+        assert "monitoring/runbook.md#lossnonfinite" in body and f"plasticity-overview?var-run={run_id}" in body, body
         diverged_at = divergence_time(run_dir)
         latency, active_after = arrived - diverged_at, rfc3339(firing[0]["activeAt"]) - diverged_at
         assert 0 < active_after < latency < 30, (active_after, latency)
@@ -246,9 +270,11 @@ def test_divergence_pages_slack_and_inhibits_the_accuracy_drop(stack: Stack, sla
         time.sleep(2)  # two more group intervals: a message for the inhibited alert would be out by now
         assert slack.matching(run_id, "AccuracyDrop") == []
         assert drop(run_id)["status"]["state"] == "suppressed"  # type: ignore[index]
+        typical, worst = production_latency()
         with capsys.disabled():
             print(f"\ndivergence -> Slack latency: {latency:.2f} s (alert active in Prometheus after "
-                  f"{active_after:.2f} s; scrape, evaluation, group_wait 1 s; run {run_id})")
+                  f"{active_after:.2f} s; scrape, evaluation, group_wait 1 s; run {run_id}); with the shipped "
+                  f"intervals: typical {typical:.1f} s, worst case {worst:.1f} s")
     finally:
         stop(proc)
 
@@ -271,9 +297,11 @@ def test_sweep_trials_are_discovered_through_file_sd(stack: Stack, tmp_path: Pat
 
         found = wait_for("both trials scraped", trials, timeout=45, interval=0.2, proc=proc)
         assert sorted(found) == ["001", "002"]  # trials are numbered from 1
-        series = wait_for("both trials' series", lambda: (
-            len(r := query(stack.prometheus, 'plasticity_run_info{job="engine_trials", sweep="e2e"}')) == 2 and r),
-            timeout=15, proc=proc)
+        def run_info() -> list[dict[str, Any]]:
+            result = query(stack.prometheus, 'plasticity_run_info{job="engine_trials", sweep="e2e"}')
+            return result if len(result) == 2 else []
+
+        series = wait_for("both trials' series", run_info, timeout=15, proc=proc)
         for s in series:  # target labels attached to the engine's own series; run is the run_id
             labels = s["metric"]
             assert labels["run"] == labels["run_id"] == found[labels["trial"]]["run"]

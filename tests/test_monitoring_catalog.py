@@ -5,7 +5,6 @@ metadata complete, runbook sections and alerts one-to-one."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +46,7 @@ def _slug(heading: str) -> str:
 
 def _runbook_sections() -> dict[str, str]:
     """Anchor -> section text, for every level-2 heading."""
-    parts = re.split(r"^## (.+)$", RUNBOOK.read_text(), flags=re.M)
+    parts = re.split(r"^## (.+)$", RUNBOOK.read_text(), flags=re.MULTILINE)
     return {_slug(parts[i]): parts[i + 1] for i in range(1, len(parts), 2)}
 
 
@@ -141,7 +140,7 @@ def test_rule_unit_tests_use_real_series() -> None:
             for series in test.get("input_series", []):
                 m = re.fullmatch(r"(\w+)\{(.*)\}", series["series"])
                 assert m, series["series"]
-                name, labels = m.group(1), dict((k, v) for k, _op, v in MATCHER_RE.findall(m.group(2)))
+                name, labels = m.group(1), {k: v for k, _op, v in MATCHER_RE.findall(m.group(2))}
                 if name == "up":
                     assert set(labels) <= TARGET_LABELS, series
                     continue

@@ -18,8 +18,16 @@ from typing import Any
 
 import pytest
 import yaml
-from binaries import (PROMETHEUS_YML, RULE_TESTS_DIR, RULES_DIR, duration_seconds, render_prometheus_config,
-                      require_binary)
+from binaries import (
+    PROMETHEUS_YML,
+    RULE_TESTS_DIR,
+    RULES_DIR,
+    duration_seconds,
+    render_prometheus_config,
+    require_binary,
+    start,
+    stop,
+)
 from conftest import free_port
 
 from engine.sweep.file_sd import TargetsFile
@@ -30,8 +38,8 @@ ENGINE_JOBS = ("engine", "engine_trials")
 
 
 def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_binary("promtool"), *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run([require_binary("promtool"), *args], check=False, capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -138,33 +146,33 @@ MUTATIONS = {
     # increase() misses a counter that is already 1 at the first scrape.
     "LossNonFinite via increase()": (
         "LossNonFinite", "alerts.yml",
-        'max_over_time(plasticity_nonfinite_loss_steps_total[10m]) > 0\n'
-        '            or\n'
-        '              max_over_time(plasticity_run_status{status="diverged"}[10m]) == 1',
+        ('max_over_time(plasticity_nonfinite_loss_steps_total[10m]) > 0\n'
+         '            or\n'
+         '              max_over_time(plasticity_run_status{status="diverged"}[10m]) == 1'),
         "increase(plasticity_nonfinite_loss_steps_total[10m]) > 0",
     ),
     # A baseline window that contains the spike dilutes the z-score.
     "LossDiverging baseline without offset": (
         "LossDiverging", "recording.yml",
-        "(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m] offset 5m))\n"
-        "            / stddev_over_time(plasticity_train_loss[30m] offset 5m)",
-        "(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m]))\n"
-        "            / stddev_over_time(plasticity_train_loss[30m])",
+        ("(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m] offset 5m))\n"
+         "            / stddev_over_time(plasticity_train_loss[30m] offset 5m)"),
+        ("(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m]))\n"
+         "            / stddev_over_time(plasticity_train_loss[30m])"),
     ),
     # Without the status guard a finished run "stalls" forever.
     "TrainingStalled without running guard": (
         "TrainingStalled", "alerts.yml",
-        "(time() - plasticity_last_step_timestamp_seconds) > 300\n"
-        '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1',
+        ("(time() - plasticity_last_step_timestamp_seconds) > 300\n"
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1'),
         "(time() - plasticity_last_step_timestamp_seconds) > 300",
     ),
     # A plain `up == 0` keeps alerting on every run that ended normally.
     "TargetDown as up == 0": (
         "TargetDown", "alerts.yml",
-        "max by (job, instance, run_id, sweep, run, trial) (\n"
-        '            last_over_time(plasticity_run_status{job=~"engine|engine_trials", status="running"}[1h]) == 1\n'
-        "          )\n"
-        '          unless on (job, instance) (up{job=~"engine|engine_trials"} == 1)',
+        ("max by (job, instance, run_id, sweep, run, trial) (\n"
+         '            last_over_time(plasticity_run_status{job=~"engine|engine_trials", status="running"}[1h]) == 1\n'
+         "          )\n"
+         '          unless on (job, instance) (up{job=~"engine|engine_trials"} == 1)'),
         'up{job=~"engine|engine_trials"} == 0',
     ),
 }
@@ -230,13 +238,12 @@ def test_real_prometheus_keeps_file_sd_labels_and_loads_rules(tmp_path: Path) ->
                                       {"sweep": "demo", "run": "abc123", "trial": "007"})
     cfg = render_prometheus_config(tmp_path / "prometheus.yml", file_sd_dir=sd,
                                    scrape_interval="1s", evaluation_interval="1s")
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=log)
+    proc = start([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prometheus.log")
     base = f"http://127.0.0.1:{prom_port}"
     query = urllib.parse.quote('plasticity_train_loss{job="engine_trials"}')
     try:
-        deadline, result = time.monotonic() + 30, []
+        deadline, result = time.monotonic() + 30, list[Any]()
         while time.monotonic() < deadline and not result:
             time.sleep(0.5)
             try:
@@ -258,12 +265,15 @@ def test_real_prometheus_keeps_file_sd_labels_and_loads_rules(tmp_path: Path) ->
             bad = {r["name"]: r.get("lastError") or r.get("health") for r in rules if r.get("health") != "ok"}
         assert not bad, bad
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+        stop(proc)
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_binary_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch, ci: str) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(expected, match="apt-get install -y prometheus-alertmanager"):
+        require_binary("amtool")

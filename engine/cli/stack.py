@@ -59,14 +59,16 @@ def up(workdir: Path, prometheus_port: int, alertmanager_port: int, engine_targe
     try:
         if use_docker and client is None:
             raise ms.StackError("--docker: no Docker engine reachable (or `pip install docker` missing)")
-        common = dict(prometheus_port=prometheus_port, alertmanager_port=alertmanager_port,
-                      engine_targets=list(engine_targets), file_sd_dir=file_sd_dir, slack_url_file=slack_url_file)
+        where = Path(workdir)
+        targets = list(engine_targets)
         if client is not None:
-            if any(timing.values()):
-                raise ms.StackError("timing overrides are for the local binaries: add --no_docker")
-            services = ms.start_docker(workdir, client, **common)
+            services = ms.start_docker(where, client, prometheus_port=prometheus_port,
+                                       alertmanager_port=alertmanager_port, engine_targets=targets,
+                                       file_sd_dir=file_sd_dir, slack_url_file=slack_url_file, **timing)
         else:
-            services = ms.start_local(workdir, **common, **timing)
+            services = ms.start_local(where, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port,
+                                      engine_targets=targets, file_sd_dir=file_sd_dir, slack_url_file=slack_url_file,
+                                      **timing)
     except ms.StackError as exc:
         raise _fail(exc) from None
     mode = "docker containers" if client is not None else "local processes"
