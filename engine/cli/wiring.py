@@ -20,6 +20,7 @@ from engine.registry import get_experiment
 from engine.sinks.results import ResultsSink
 from engine.telemetry.bus import EventBus
 from engine.telemetry.events import RunEnded
+from engine.telemetry.threaded import ThreadedSink
 from engine.training.trainer import Outcome, Trainer, pick_device
 
 log = logging.getLogger("engine.run")
@@ -95,16 +96,16 @@ def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int],
     if t.tensorboard:
         from engine.sinks.tensorboard import TensorBoardSink
 
-        bus.attach(TensorBoardSink(run_dir / "tensorboard"))
+        bus.attach(ThreadedSink(TensorBoardSink(run_dir / "tensorboard")))
     if t.mlflow:
         from engine.sinks.mlflow_sink import MlflowSink
 
-        # MLflow retries an unreachable server for minutes by default, blocking
-        # training; a failing sink should cost seconds, then be disabled.
+        # MLflow retries an unreachable server for minutes by default; on its
+        # worker thread that only delays the failure report, so keep it short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(cfg.output_dir).resolve() / "mlruns").as_uri()
-        bus.attach(MlflowSink(run_dir, run_dir.name, tracking_uri=uri))
+        bus.attach(ThreadedSink(MlflowSink(run_dir, run_dir.name, tracking_uri=uri)))
     if t.console != "off":
         from engine.sinks.console import ConsoleSink
 

@@ -12,6 +12,7 @@ import logging
 import platform
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 #: EpochCompleted.metrics key -> catalog short name (run_id label only).
 _QS = [float(q) for q in NEURON_QUANTILES]
+_MAX_PENDING = 256  # epochs recorded but not yet exported
 _SCALARS = {
     "train_loss": "train_loss",
     "val_loss": "val_loss",
@@ -68,9 +70,11 @@ class _ConsistentRegistry(CollectorRegistry):
     def __init__(self) -> None:
         super().__init__(auto_describe=True)
         self.update_lock = threading.Lock()
+        self.before_collect: Callable[[], None] = lambda: None
 
     def collect(self) -> Iterator[Any]:
         with self.update_lock:
+            self.before_collect()
             metrics = list(super().collect())
         return iter(metrics)
 
@@ -104,8 +108,15 @@ class PrometheusSink:
         self.run_id = ""
         self._ended_at = 0.0
         self.host = host
-        self.port, self._server = self._bind(port, host, auto_port)
         self._child: dict[str, Any] = {}
+        # Hot-path events are only recorded here and turned into metric updates
+        # when a scrape arrives (or the backlog is long): per-step telemetry then
+        # costs the training loop an attribute store, not a locked update.
+        self._last_step: ev.StepCompleted | None = None
+        self._steps_exported = 0
+        self._pending: deque[ev.EpochCompleted] = deque()
+        self.registry.before_collect = self._flush
+        self.port, self._server = self._bind(port, host, auto_port)
 
     def _bind(self, port: int, host: str, auto_port: bool) -> tuple[int, Any]:
         last = 99 if auto_port else 0
@@ -123,22 +134,46 @@ class PrometheusSink:
 
     # -- handlers -----------------------------------------------------------
     def handlers(self) -> dict[type, Callable[[Any], None]]:
-        """Event type -> handler (each applies its updates atomically w.r.t. scrapes)."""
+        """Event type -> handler.
+
+        Steps and epochs are deferred to scrape time; the rare events apply at
+        once, after the backlog, atomically with respect to scrapes.
+        """
         table: dict[type, Callable[[Any], None]] = {
-            ev.RunStarted: self._started, ev.StepCompleted: self._step,
-            ev.EpochCompleted: self._epoch, ev.SeedTransition: self._transition,
+            ev.RunStarted: self._started, ev.SeedTransition: self._transition,
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
             ev.RunEnded: self._ended,
         }
-        return {etype: self._atomic(fn) for etype, fn in table.items()}
+        return {ev.StepCompleted: self._step, ev.EpochCompleted: self._epoch,
+                **{etype: self._atomic(fn) for etype, fn in table.items()}}
 
     def _atomic(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
         lock = self.registry.update_lock
 
         def handler(event: Any) -> None:
             with lock:
+                self._flush()  # keep event order: earlier epochs before this event
                 fn(event)
         return handler
+
+    def _step(self, e: ev.StepCompleted) -> None:
+        self._last_step = e
+
+    def _epoch(self, e: ev.EpochCompleted) -> None:
+        self._pending.append(e)  # deque: safe against a concurrent popleft in _flush
+        if len(self._pending) >= _MAX_PENDING:  # nobody scrapes: bound the backlog
+            with self.registry.update_lock:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Apply recorded steps and epochs to the metrics (caller holds the lock)."""
+        while self._pending:
+            self._apply_epoch(self._pending.popleft())
+        step = self._last_step
+        if step is not None and step.step > self._steps_exported:
+            self._c("steps_total").inc(step.step - self._steps_exported)
+            self._steps_exported = step.step
+            self._c("last_step_timestamp_seconds").set(step.timestamp)
 
     def _c(self, short: str, *values: str) -> Any:
         # Cached labelled child (run_id first): .labels() is the slow part of an update.
@@ -172,14 +207,10 @@ class PrometheusSink:
         for v in values:
             self._c(short, *extra, v).set(1.0 if v == current else 0.0)
 
-    def _step(self, e: ev.StepCompleted) -> None:
-        self._c("steps_total").inc()
-        self._c("last_step_timestamp_seconds").set(e.timestamp)
-
     def _nonfinite(self, e: ev.NonFiniteLoss) -> None:
         self._c("nonfinite_loss_steps_total").inc()
 
-    def _epoch(self, e: ev.EpochCompleted) -> None:
+    def _apply_epoch(self, e: ev.EpochCompleted) -> None:
         self._c("epochs_total").inc()
         for key, short in _SCALARS.items():
             if key in e.metrics:
