@@ -3,7 +3,7 @@
 With a reachable Docker engine (and the ``docker`` package) ``up`` runs the
 compose file's pinned images through the Docker SDK; otherwise it starts the
 installed binaries (``apt-get install prometheus prometheus-alertmanager``).
-Both use the repo's configs rewritten for loopback (see ``monitoring/stack.py``).
+Both use the repo's configs rewritten for loopback (see ``monitoring/stack_config.py``).
 For the full stack with Grafana, MLflow and TensorBoard use ``docker compose up``.
 """
 

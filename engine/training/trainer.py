@@ -92,12 +92,9 @@ class Trainer:
         status = "finished"
         while self.epoch < len(self.schedule):
             status = self._run_epoch(self.epoch, self.schedule[self.epoch])
-            if status != "running":
+            if status != "running":  # diverged or interrupted
                 break
-        else:
             status = "finished"
-        if status == "running":  # stopped between epochs
-            status = "interrupted"
         outcome = Outcome(status, self.final_metrics())
         if status == "diverged":
             outcome.error = f"non-finite loss at step {self.step - 1}"  # the failing step's index
