@@ -23,12 +23,13 @@ from binaries import (
     ROOT,
     RULES_DIR,
     TEMPLATES_DIR,
-    render_alertmanager_config,
     require_binary,
     start,
     stop,
 )
 from conftest import free_port
+
+from monitoring.stack_config import render_configs
 
 RECEIVER = {"critical": "slack-critical", "warning": "slack-warning"}
 
@@ -48,7 +49,8 @@ def rendered(tmp_path: Path) -> Path:
     """alertmanager.yml with a local secret file holding a (fake) webhook URL."""
     secret = tmp_path / "slack_webhook_url"
     secret.write_text("http://127.0.0.1:9/slack\n")
-    return render_alertmanager_config(tmp_path / "alertmanager.yml", secret)
+    return render_configs(tmp_path, prometheus_port=9090, alertmanager_port=9093, engine_targets=[],
+                          file_sd_dir=tmp_path / "file_sd", slack_url_file=secret).alertmanager
 
 
 def test_check_config_shipped_and_rendered(rendered: Path) -> None:
@@ -177,8 +179,10 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
     slack = _Slack(slack_port)
     secret = tmp_path / "slack_webhook_url"
     secret.write_text(f"http://127.0.0.1:{slack_port}/slack\n")
-    cfg = render_alertmanager_config(tmp_path / "alertmanager.yml", secret,
-                                     group_wait="1s", group_interval="1s", repeat_interval="1h")
+    # repeat_interval stays the shipped one (4h or 12h): like 1h, far longer than this test.
+    cfg = render_configs(tmp_path, prometheus_port=free_port(), alertmanager_port=am_port, engine_targets=[],
+                         file_sd_dir=tmp_path / "file_sd", slack_url_file=secret,
+                         group_wait="1s", group_interval="1s").alertmanager
     proc = start([binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'data'}",
                    f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
                   tmp_path / "alertmanager.log")

@@ -23,7 +23,6 @@ from binaries import (
     RULE_TESTS_DIR,
     RULES_DIR,
     duration_seconds,
-    render_prometheus_config,
     require_binary,
     start,
     stop,
@@ -31,6 +30,7 @@ from binaries import (
 from conftest import free_port
 
 from engine.sweep.file_sd import TargetsFile
+from monitoring.stack_config import render_configs
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 TEST_FILES = sorted(RULE_TESTS_DIR.glob("*.yml"))
@@ -62,15 +62,10 @@ def test_config_syntax() -> None:
 def test_config_with_repo_paths(tmp_path: Path) -> None:
     """The shipped config, with its container paths pointed at the repo, loads
     every rule file (a glob matching nothing would pass silently)."""
-    cfg = _config()
     sd = tmp_path / "file_sd"
     TargetsFile(sd / "demo.json").add("abc", "127.0.0.1:9999", {"sweep": "demo", "run": "abc", "trial": "000"})
-    cfg["rule_files"] = [str(RULES_DIR / "*.yml")]
-    for job in cfg["scrape_configs"]:
-        for sd_cfg in job.get("file_sd_configs", []):
-            sd_cfg["files"] = [str(sd / "*.json")]
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = render_configs(tmp_path, prometheus_port=9090, alertmanager_port=9093, engine_targets=[],
+                          file_sd_dir=sd, slack_url_file=tmp_path / "slack_webhook_url").prometheus
     res = _promtool("check", "config", str(path))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -236,8 +231,9 @@ def test_real_prometheus_keeps_file_sd_labels_and_loads_rules(tmp_path: Path) ->
     sd = tmp_path / "file_sd"
     TargetsFile(sd / "demo.json").add("abc123", f"127.0.0.1:{target_port}",
                                       {"sweep": "demo", "run": "abc123", "trial": "007"})
-    cfg = render_prometheus_config(tmp_path / "prometheus.yml", file_sd_dir=sd,
-                                   scrape_interval="1s", evaluation_interval="1s")
+    cfg = render_configs(tmp_path, prometheus_port=prom_port, alertmanager_port=free_port(), engine_targets=[],
+                         file_sd_dir=sd, slack_url_file=tmp_path / "slack_webhook_url",
+                         scrape_interval="1s", evaluation_interval="1s").prometheus
     proc = start([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
                    f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prometheus.log")
     base = f"http://127.0.0.1:{prom_port}"

@@ -23,6 +23,7 @@ from binaries import require_binary
 from conftest import free_port
 
 from monitoring import stack as ms
+from monitoring.stack_config import _routes
 
 MISSING = object()
 # Every place render_configs may change, as a path pattern ([] = any list index).
@@ -82,7 +83,7 @@ def test_render_changes_only_addresses_paths_and_timings(rendered: ms.RenderedCo
     for job in jobs.values():  # Prometheus rejects a timeout longer than the interval
         assert ms.seconds(job.get("scrape_timeout", prom["global"]["scrape_timeout"])) <= 1
     assert all(r["group_wait"] == "3s" and r["group_interval"] == "4s"
-               for r in ms._routes(am["route"]) if "group_wait" in r or r is am["route"])
+               for r in _routes(am["route"]) if "group_wait" in r or r is am["route"])
     slack_files = [c["api_url_file"] for r in am["receivers"] for c in r.get("slack_configs", [])
                    if "api_url_file" in c] + [am.get("global", {}).get("slack_api_url_file")]
     assert set(filter(None, slack_files)) == {str(tmp_path / "slack_url")}
