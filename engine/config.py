@@ -67,6 +67,9 @@ class TelemetryConfig(Section):
         "(e.g. so an alert on the final state is routed before the target goes away).",
     )
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+    histogram_every: int = Field(
+        5, ge=1, le=100000, description="Epochs between per-neuron TensorBoard histograms "
+        "(every epoch's full values are in neurons.jsonl).")
     mlflow: bool = Field(False, description="Log to MLflow (MLFLOW_TRACKING_URI).")
     console: Literal["auto", "rich", "plain", "off"] = Field(
         "auto", description="Live console: rich on a terminal, plain lines otherwise."

@@ -35,7 +35,7 @@ def _load(log_dir: Path) -> EventAccumulator:
 
 def test_scalars_histograms_and_text_round_trip(tmp_path: Path) -> None:
     bus = EventBus(strict=True)
-    sink = TensorBoardSink(tmp_path / "tb")
+    sink = TensorBoardSink(tmp_path / "tb", histogram_every=1)
     bus.attach(sink)
     bus.publish(ev.RunStarted("r1", "seeds", {"train": {"lr": 0.003}}, str(tmp_path), "cpu", 1234, 3))
     for epoch in (1, 2, 3):
@@ -81,7 +81,7 @@ def test_scalars_histograms_and_text_round_trip(tmp_path: Path) -> None:
 
 def test_nonfinite_neuron_values_do_not_break_histograms(tmp_path: Path) -> None:
     bus = EventBus(strict=True)
-    sink = TensorBoardSink(tmp_path)
+    sink = TensorBoardSink(tmp_path, histogram_every=1)
     bus.attach(sink)
     values = np.array([1.0, np.nan, np.inf, 3.0])
     bus.publish(ev.EpochCompleted(1, "warm_up", 5, {"train_loss": float("nan")},
@@ -102,3 +102,16 @@ def test_missing_backend_raises_sink_unavailable(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails
     with pytest.raises(SinkUnavailableError, match="pip install tensorboard"):
         TensorBoardSink(tmp_path)
+
+
+def test_histograms_only_every_n_epochs(tmp_path: Path) -> None:
+    bus = EventBus()
+    sink = TensorBoardSink(tmp_path, histogram_every=3)
+    bus.attach(sink)
+    layer = ev.LayerSignal("layers.0", "activation_abs_mean", np.arange(8.0))
+    for epoch in range(7):
+        bus.publish(ev.EpochCompleted(epoch, "warm_up", epoch * 10, {"val_loss": 1.0}, layers=(layer,)))
+    bus.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+    assert [h.step for h in acc.Histograms("neurons/layers.0/activation_abs_mean")] == [0, 3, 6]
+    assert [s.step for s in acc.Scalars("metrics/val_loss")] == list(range(7))

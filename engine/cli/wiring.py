@@ -96,7 +96,7 @@ def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int],
     if t.tensorboard:
         from engine.sinks.tensorboard import TensorBoardSink
 
-        bus.attach(ThreadedSink(TensorBoardSink(run_dir / "tensorboard")))
+        bus.attach(ThreadedSink(TensorBoardSink(run_dir / "tensorboard", t.histogram_every)))
     if t.mlflow:
         from engine.sinks.mlflow_sink import MlflowSink
 

@@ -32,7 +32,10 @@ class TensorBoardSink:
 
     name = "tensorboard"
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, histogram_every: int = 5) -> None:
+        # Histograms are most of an epoch record's size (and of its pure-Python
+        # CRC in TensorBoard's writer), so they are written every few epochs.
+        self.histogram_every = max(1, histogram_every)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
@@ -90,7 +93,8 @@ class TensorBoardSink:
         scalars += [(f"seeds/{s.seed_id}/{key}", getattr(s, key))
                     for s in e.seeds for key in ("alpha", "drift", "health", "train_loss")]
         values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
-        for sig in e.layers:
+        layers = e.layers if step % self.histogram_every == 0 else ()
+        for sig in layers:
             hist = _histogram(sig.values)
             if hist is not None:
                 values.append(Summary.Value(tag=f"neurons/{sig.layer}/{sig.signal}", histo=hist))
