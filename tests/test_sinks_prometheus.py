@@ -1,0 +1,65 @@
+"""Prometheus sink: values as scraped over real HTTP, deferred step/epoch export."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.sinks.prometheus import PrometheusSink
+from engine.telemetry import events as ev
+from engine.telemetry.bus import EventBus
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    want = {"run_id": "r1", **labels}
+    hits = [v for (n, lab), v in samples.items() if n == name and all(dict(lab).get(k) == x for k, x in want.items())]
+    assert len(hits) == 1, (name, labels, hits)
+    return hits[0]
+
+
+def test_layer_summaries_steps_and_status(port: int) -> None:
+    sink = PrometheusSink(port, sink_names=("results",), topk=2)
+    bus = EventBus()
+    bus.attach(sink)
+    try:
+        bus.publish(ev.RunStarted("r1", "seeds", {}, "/tmp/x", "cpu", 123, 10))
+        values = np.array([0.0, 0.0, 0.3, 1.0, 2.0, 5.0, 0.7])
+        for step in range(1, 8):
+            bus.publish(ev.StepCompleted(step, 0.5, True, 1000.0 + step))
+        seeds = (ev.SeedSnapshot("l0_s0", "layers.0", "blending", 0.4, 0.1, 0.2, 0.01),)
+        bus.publish(ev.EpochCompleted(0, "adaptation", 7, {"val_accuracy": 0.8, "val_loss": 0.4},
+                                      seeds, (ev.LayerSignal("layers.0", "act", values),), 2, 5, 0.1, 123, 0.5, 14.0))
+        s = scrape(sink.port)
+        assert value(s, "plasticity_steps_total") == 7.0  # deferred to the scrape, not lost
+        assert value(s, "plasticity_last_step_timestamp_seconds") == 1007.0
+        assert value(s, "plasticity_epochs_total") == 1.0
+        for q in ("0", "0.25", "0.5", "0.75", "1"):
+            got = value(s, "plasticity_neuron_activation_quantile", layer="layers.0", quantile=q)
+            assert got == pytest.approx(float(np.quantile(values, float(q))))
+        assert value(s, "plasticity_neuron_activation_topk", layer="layers.0", rank="1") == 5.0
+        assert value(s, "plasticity_neuron_activation_topk", layer="layers.0", rank="2") == 2.0
+        assert value(s, "plasticity_layer_dead_units", layer="layers.0") == 2.0
+        assert value(s, "plasticity_layer_units", layer="layers.0") == 7.0
+        assert value(s, "plasticity_seed_state", seed="l0_s0", layer="layers.0", state="blending") == 1.0
+        assert value(s, "plasticity_seed_state", seed="l0_s0", layer="layers.0", state="active") == 0.0
+        assert value(s, "plasticity_training_phase", phase="adaptation") == 1.0
+        bus.publish(ev.StepCompleted(8, float("nan"), False, 1010.0))
+        bus.publish(ev.NonFiniteLoss(7, 1, float("nan")))
+        bus.publish(ev.RunEnded("r1", "diverged"))
+        s = scrape(sink.port)
+        assert value(s, "plasticity_nonfinite_loss_steps_total") == 1.0
+        assert value(s, "plasticity_steps_total") == 8.0
+        assert value(s, "plasticity_run_status", status="diverged") == 1.0
+        assert value(s, "plasticity_run_status", status="running") == 0.0
+        assert value(s, "plasticity_training_phase", phase="done") == 1.0
+    finally:
+        bus.close()
