@@ -50,6 +50,17 @@ def scrape_to_the_end(proc: Proc, port: int, timeout: float = 90) -> tuple[list[
     return scrapes, time.time() - scrapes[-1].t
 
 
+def run_scraped(args: list[str], port: int, logs: Path, **env: str) -> tuple[int, list[Scrape], float, Proc]:
+    """Start the CLI, scrape it to its final status, and return its exit code too."""
+    proc: Proc | None = None
+    try:
+        proc = start(args, logs, **env)
+        scrapes, exit_after = scrape_to_the_end(proc, port)
+        return proc.wait(timeout=10), scrapes, exit_after, proc
+    finally:
+        stop(proc)
+
+
 def _sink_failures(run_dir: Path, sink: str) -> list[str]:
     return [ln for ln in (run_dir / "run.log").read_text().splitlines()
             if f"telemetry sink '{sink}' failed" in ln]
@@ -59,14 +70,9 @@ def _sink_failures(run_dir: Path, sink: str) -> list[str]:
 def test_nan_loss_diverges_with_exit_3(tmp_path: Path, nan_step: int) -> None:
     port = free_port()
     out = tmp_path / "out"
-    proc: Proc | None = None
-    try:
-        proc = start(["--fault_nan_step", str(nan_step), "--metrics_port", str(port), "--metrics_linger", LINGER,
-                      *SHORT, *QUIET, "--output_dir", str(out)], tmp_path / "logs")
-        scrapes, exit_after = scrape_to_the_end(proc, port)
-        rc = proc.wait(timeout=10)
-    finally:
-        stop(proc)
+    rc, scrapes, exit_after, proc = run_scraped(
+        ["--fault_nan_step", str(nan_step), "--metrics_port", str(port), "--metrics_linger", LINGER,
+         *SHORT, *QUIET, "--output_dir", str(out)], port, tmp_path / "logs")
     assert rc == 3, proc.err()[-3000:]
     assert "Traceback" not in proc.err()
     final = scrapes[-1]
@@ -106,14 +112,9 @@ def _mlflow_env() -> dict[str, str]:
 def test_unreachable_mlflow_does_not_stop_training(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "out"
-    proc: Proc | None = None
-    try:
-        proc = start(["--mlflow", "--metrics_port", str(port), "--metrics_linger", LINGER, *SHORT, *QUIET,
-                      "--output_dir", str(out)], tmp_path / "logs", **_mlflow_env())
-        scrapes, _ = scrape_to_the_end(proc, port)
-        rc = proc.wait(timeout=10)
-    finally:
-        stop(proc)
+    rc, scrapes, _, proc = run_scraped(["--mlflow", "--metrics_port", str(port), "--metrics_linger", LINGER,
+                                        *SHORT, *QUIET, "--output_dir", str(out)], port, tmp_path / "logs",
+                                       **_mlflow_env())
     assert rc == 0, proc.err()[-3000:]
     final = scrapes[-1]
     assert _status(final) == "finished"
@@ -158,13 +159,7 @@ def test_unwritable_tensorboard_dir_does_not_stop_training(tmp_path: Path) -> No
                         "warm_up_epochs": 3, "adaptation_epochs": 3})
     dump_yaml(cfg, run_dir / "config.yaml")
     (run_dir / "tensorboard").write_text("in the way\n")
-    proc: Proc | None = None
-    try:
-        proc = start(["--resume", str(run_dir)], tmp_path / "logs")
-        scrapes, _ = scrape_to_the_end(proc, port)
-        rc = proc.wait(timeout=10)
-    finally:
-        stop(proc)
+    rc, scrapes, _, proc = run_scraped(["--resume", str(run_dir)], port, tmp_path / "logs")
     assert rc == 0, proc.err()[-3000:]
     final = scrapes[-1]
     assert _status(final) == "finished"
