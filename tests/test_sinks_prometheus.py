@@ -63,3 +63,19 @@ def test_layer_summaries_steps_and_status(port: int) -> None:
         assert value(s, "plasticity_training_phase", phase="done") == 1.0
     finally:
         bus.close()
+
+
+def test_counters_stay_cumulative_across_a_resume(port: int) -> None:
+    sink = PrometheusSink(port)
+    bus = EventBus()
+    bus.attach(sink)
+    try:
+        bus.publish(ev.RunStarted("r1", "seeds", {}, "/tmp/x", "cpu", 10, 10, start_epoch=4, germinations=2))
+        bus.publish(ev.StepCompleted(101, 0.1, True, 5.0))  # the trainer's absolute step count
+        bus.publish(ev.EpochCompleted(4, "adaptation", 101, {}))
+        s = scrape(sink.port)
+        assert value(s, "plasticity_epochs_total") == 5.0
+        assert value(s, "plasticity_germinations_total") == 2.0
+        assert value(s, "plasticity_steps_total") == 101.0
+    finally:
+        bus.close()

@@ -192,8 +192,12 @@ class PrometheusSink:
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
         self.m["run_info"].labels(e.run_id, e.experiment, e.device).set(1)
         self._one_hot("run_status", ev.RUN_STATUSES, "running")
-        for short in ("steps_total", "epochs_total", "nonfinite_loss_steps_total", "germinations_total"):
-            self._c(short)  # expose counters at 0 from the start
+        for short in ("steps_total", "nonfinite_loss_steps_total"):
+            self._c(short)  # expose counters from the start
+        # Counters are cumulative over the run, across resumes (steps_total
+        # follows the trainer's absolute step count at the next flush).
+        self._c("epochs_total").inc(e.start_epoch)
+        self._c("germinations_total").inc(e.germinations)
         for state in ev.SEED_STATES:
             self._c("seed_transitions_total", state)
         for sink in self._sink_names:

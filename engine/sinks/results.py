@@ -24,6 +24,14 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in d.items()}
 
 
+def _epoch_of(line: str) -> float:
+    """The ``epoch`` of a JSONL row; rows without one (or unreadable) sort first."""
+    try:
+        return float(json.loads(line).get("epoch", -1))
+    except (ValueError, AttributeError, TypeError):
+        return -1.0
+
+
 class ResultsSink:
     """Writes the run's result files into ``run_dir``."""
 
@@ -49,8 +57,27 @@ class ResultsSink:
         atomic_write_text(self.run_dir / "metrics.json", text, fsync=final)
 
     def _started(self, e: ev.RunStarted) -> None:
+        if e.start_epoch > 0:
+            self._rewind(e.start_epoch)
         self.doc.update(run_id=e.run_id, experiment=e.experiment, device=e.device, status="running")
         self._write()
+
+    def _rewind(self, start_epoch: int) -> None:
+        """On resume, drop rows of epochs the checkpoint does not contain.
+
+        A run killed after publishing epoch k but before checkpointing it
+        re-runs epoch k; without this its rows (and events of a partly run
+        epoch) would appear twice. Rows without an epoch (e.g. an earlier
+        RunEnded "interrupted") are history and stay.
+        """
+        for attr, name in (("_history", "history.jsonl"), ("_events", "events.jsonl"),
+                           ("_neurons", "neurons.jsonl")):
+            getattr(self, attr).close()
+            path = self.run_dir / name
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if _epoch_of(line) < start_epoch]
+            atomic_write_text(path, "".join(kept))
+            setattr(self, attr, open(path, "a", encoding="utf-8"))
 
     def _epoch(self, e: ev.EpochCompleted) -> None:
         row = {"epoch": e.epoch, "phase": e.phase, "step": e.step, **e.metrics,

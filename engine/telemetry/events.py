@@ -32,6 +32,7 @@ class RunStarted:
     parameters: int
     total_epochs: int
     start_epoch: int = 0
+    germinations: int = 0  # restored from a checkpoint, so counters stay cumulative
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class Trainer:
         """Train to the end of the schedule, or until diverged/interrupted."""
         self.bus.publish(RunStarted(self.run_id, str(self.config.get("experiment")), self.config,
                                     str(self.run_dir), str(self.exp.device), self.exp.parameter_count(),
-                                    len(self.schedule), self.epoch))
+                                    len(self.schedule), self.epoch, self.germinations))
         status = "finished"
         while self.epoch < len(self.schedule):
             status = self._run_epoch(self.epoch, self.schedule[self.epoch])
