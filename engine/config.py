@@ -29,7 +29,7 @@ class TrainConfig(Section):
     lr: float = Field(3e-3, gt=0, le=10, description="Learning rate of the main optimizer.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Main optimizer.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
-    seed: int = Field(42, ge=0, description="RNG seed for data, init and shuffling.")
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="RNG seed for data, init and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Compute device; auto picks cuda when available."
     )
@@ -58,6 +58,7 @@ class TelemetryConfig(Section):
     metrics_linger: float = Field(
         15.0,
         ge=0,
+        le=86400,
         description="Seconds the endpoint keeps serving final values after the run "
         "(ends early once a scrape has seen them; skipped if never scraped).",
     )
@@ -173,6 +174,9 @@ def validate_nested(nested: dict[str, Any], paths: dict[str, tuple[str, ...]] | 
 
 def _to_config_error(exc: ValidationError, nested: dict[str, Any]) -> ConfigError:
     err = exc.errors()[0]
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):  # raised by a cross-field validator: already precise
+        return inner
     loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
     key = loc[-1] if loc else "config"
     value = err.get("input")

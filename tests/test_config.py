@@ -36,6 +36,10 @@ def test_flat_keys_are_unique_across_sections(experiment: str) -> None:
     ({"experiment": "nope"}, "experiment", "allowed: seeds"),
     ({"train_frac": 1.5}, "train_frac", "less than 1"),
     ({"device": "tpu"}, "device", "'cuda'"),
+    ({"seeds_per_layer": 40, "hidden_dim": 16}, "seeds_per_layer", "hidden_dim (16)"),
+    ({"seed": 2**64}, "seed", "less than or equal"),
+    ({"train_frac": 0.9999}, "train_frac", "both splits non-empty"),
+    ({"metrics_linger": float("inf")}, "metrics_linger", "less than or equal"),
 ])
 def test_bad_values_name_key_value_and_allowed(flat: dict, key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

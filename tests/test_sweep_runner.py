@@ -113,7 +113,7 @@ class Sweep:
     def __init__(self, tmp: Path, trials: list[Trial], modes: dict[str, str], parallel: int = 1) -> None:
         fake = tmp / "fake_trial.py"
         fake.write_text(FAKE_TRIAL)
-        self.sweep_dir, self.sd_file = tmp / "sweep", tmp / "sd" / "demo.json"
+        self.sweep_dir, self.sd_file = tmp / "sweep", tmp / "sd" / "sweep.json"
         self.snapshots: list[list[dict]] = []
         self.result: SweepResult | None = None
         kwargs = dict(sweep_name="demo", parallel=parallel, file_sd_dir=tmp / "sd",
@@ -245,7 +245,7 @@ def test_crash_of_sweep_keeps_earlier_rows(tmp_path: Path) -> None:
 def test_sigint_forwards_sigterm_and_starts_nothing_new(tmp_path: Path) -> None:
     proc, sweep_dir = _driver(tmp_path, 3, {"1": "hang"})
     try:
-        wait_for(lambda: read_json(tmp_path / "sd" / "drv.json"))  # trial 1 registered
+        wait_for(lambda: read_json(tmp_path / "sd" / "sweep.json"))  # trial 1 registered
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
     finally:
@@ -255,7 +255,7 @@ def test_sigint_forwards_sigterm_and_starts_nothing_new(tmp_path: Path) -> None:
     assert result["interrupted"] is True and result["failed"] == 0
     assert [r["status"] for r in result["rows"]] == ["interrupted"]
     assert [p.name[:7] for p in sweep_dir.glob("run_*")] == ["run_001"]
-    assert not (tmp_path / "sd" / "drv.json").exists()
+    assert not (tmp_path / "sd" / "sweep.json").exists()
 
 
 def test_targets_file_and_summary_csv_units(tmp_path: Path) -> None:

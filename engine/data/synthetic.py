@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engine.config import Section
 from engine.errors import ConfigError
@@ -31,6 +31,14 @@ class DataConfig(Section):
     cluster_std: float = Field(1.0, gt=0, le=100, description="Cluster std (clusters).")
     train_frac: float = Field(0.8, gt=0, lt=1, description="Fraction of samples used for training.")
     spiral_turns: float = Field(2.0, gt=0, le=10, description="Turns per spiral arm (spirals).")
+
+    @model_validator(mode="after")
+    def _both_splits_non_empty(self) -> "DataConfig":
+        n_train = int(round(self.train_frac * self.n_samples))
+        if not 1 <= n_train < self.n_samples:
+            raise ConfigError("train_frac", self.train_frac,
+                              f"must leave both splits non-empty for n_samples={self.n_samples}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from engine.config import RunConfig, Section
+from engine.errors import ConfigError
 from engine.data.synthetic import DataConfig, make_problem
 from engine.experiments.base import EpochReport, StepResult
 from engine.mechanisms.germination import GerminationController
@@ -49,6 +50,13 @@ class SeedsConfig(Section):
     fault_reset_epoch: int = Field(
         -1, ge=-1, description="Fault drill: re-initialise the output head just before this epoch's "
         "evaluation, so accuracy collapses (tests accuracy-drop alerts; -1 off).")
+
+    @model_validator(mode="after")
+    def _seeds_fit_layers(self) -> "SeedsConfig":
+        if self.seeds_per_layer > self.hidden_dim:  # each seed owns >= 1 hidden unit
+            raise ConfigError("seeds_per_layer", self.seeds_per_layer,
+                              f"must be <= hidden_dim ({self.hidden_dim})")
+        return self
 
 
 @register_experiment("seeds", SeedsConfig, "Morphogenetic seeds with soft-landing blending")

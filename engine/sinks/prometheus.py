@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import socket
 import threading
 import time
 from collections import deque
@@ -124,6 +125,9 @@ class PrometheusSink:
             try:
                 server, _thread = start_http_server(candidate, addr=host, registry=self.registry)
                 return candidate, server
+            except socket.gaierror as exc:  # the host, not the port, is wrong
+                raise ConfigError("metrics_host", host, f"cannot bind it ({exc.strerror}); "
+                                  "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
             except OSError as exc:
                 err = exc
         raise ConfigError(

@@ -111,8 +111,9 @@ def sweep_settings(mapping: dict[str, Any]) -> SweepSettings:
     name, parallel = block.get("name"), block.get("parallel")
     if name is not None and not (isinstance(name, str) and _NAME_RE.match(name)):
         raise ConfigError("sweep.name", name, "allowed: letters, digits, '.', '_', '-'")
-    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
-        raise ConfigError("sweep.parallel", parallel, "allowed: an integer >= 1")
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int)
+                                 or not 1 <= parallel <= 64):
+        raise ConfigError("sweep.parallel", parallel, "allowed: an integer from 1 to 64")
     return SweepSettings(name=name, parallel=parallel)
 
 

@@ -84,7 +84,9 @@ def run_sweep(
     param_keys = list(dict.fromkeys([*(k for t in trials for k in t.params),
                                      *(k for t in trials for k in parameters(t.config))]))
     summary = SummaryCsv(sweep_dir / "sweep_summary.csv", param_keys)
-    targets = TargetsFile(Path(file_sd_dir) / f"{sweep_name}.json") if file_sd_dir else None
+    # One targets file per sweep invocation (its directory name is unique), so
+    # two sweeps with the same name never overwrite or delete each other's targets.
+    targets = TargetsFile(Path(file_sd_dir) / f"{sweep_dir.name}.json") if file_sd_dir else None
     child_env = _child_env(env, parallel)
     pending, running = list(trials), list[_Running]()
     rows: list[dict[str, Any]] = []
