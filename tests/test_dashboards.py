@@ -315,7 +315,7 @@ def test_required_panels(dashboards: dict[str, Dash]) -> None:
     assert types("plasticity-seeds")["Seed state"] == "state-timeline"
     drift = next(p for p in panels(dashboards["plasticity-seeds"]) if p["title"] == "Seed drift")
     steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
-    assert [s["value"] for s in steps] == [None, 0.12, 0.25]
+    assert [s["value"] for s in steps] == [None, 0.15, 0.25]  # SeedDriftHigh, SeedDriftCritical
     assert any("germinations_total" in e for _, _, e in d.annotation_queries(dashboards["plasticity-seeds"]))
     assert "plasticity_plateau_epochs{" in seeds and "plasticity_plateau_patience_epochs{" in seeds
     assert "histogram_quantile(0.9, sum by (le, run_id) (rate(plasticity_epoch_duration_seconds_bucket{" in sysd

@@ -146,13 +146,16 @@ MUTATIONS = {
          '              max_over_time(plasticity_run_status{status="diverged"}[10m]) == 1'),
         "increase(plasticity_nonfinite_loss_steps_total[10m]) > 0",
     ),
-    # A baseline window that contains the spike dilutes the z-score.
+    # A baseline window that contains the spike dilutes the z-score (which
+    # reads the recorded mean and standard deviation).
     "LossDiverging baseline without offset": (
         "LossDiverging", "recording.yml",
-        ("(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m] offset 5m))\n"
-         "            / stddev_over_time(plasticity_train_loss[30m] offset 5m)"),
-        ("(plasticity_train_loss - avg_over_time(plasticity_train_loss[30m]))\n"
-         "            / stddev_over_time(plasticity_train_loss[30m])"),
+        ("expr: avg_over_time(plasticity_train_loss[30m] offset 5m)\n"
+         "      - record: run_id:plasticity_train_loss:stddev30m_offset5m\n"
+         "        expr: stddev_over_time(plasticity_train_loss[30m] offset 5m)"),
+        ("expr: avg_over_time(plasticity_train_loss[30m])\n"
+         "      - record: run_id:plasticity_train_loss:stddev30m_offset5m\n"
+         "        expr: stddev_over_time(plasticity_train_loss[30m])"),
     ),
     # Without the status guard a finished run "stalls" forever.
     "TrainingStalled without running guard": (

@@ -148,15 +148,18 @@ class SeedsExperiment:
 
     # -- evaluation and mechanisms --------------------------------------------
     @torch.no_grad()
-    def _observe_seeds(self, reset_ref: SentinelSeed | None = None) -> list[torch.Tensor]:
+    def _observe_seeds(self, reset_ref: SentinelSeed | None = None,
+                       acts: list[torch.Tensor] | None = None) -> None:
+        """Health and drift of every seed from the probe rows of ``acts``
+        (computed here when not given; each ``[n, hidden_dim]``, n >= probe)."""
         self.model.eval()
         if reset_ref is not None:
             reset_ref.drift_ref = torch.zeros(0, reset_ref.dim, device=self.device)
-        acts = self.model.interface_activations(self.x_val[:PROBE_SIZE])
+        if acts is None:
+            acts = self.model.interface_activations(self.x_val[:PROBE_SIZE])
         for i, h in enumerate(acts):
             for s, (a, b) in zip(self.model.layer_seeds(i), self.model.chunks[i]):
-                s.observe(h[:, a:b])
-        return acts
+                s.observe(h[:PROBE_SIZE, a:b])
 
     @torch.no_grad()
     def end_epoch(self, epoch: int, phase: str) -> EpochReport:
@@ -164,11 +167,10 @@ class SeedsExperiment:
         if epoch == self.fam.fault_reset_epoch:
             self.model.head.reset_parameters()  # fault drill: a sudden accuracy collapse
         self.model.eval()
-        logits = self.model(self.x_val)
+        logits, acts = self.model.forward_with_activations(self.x_val)  # one pass for everything
         val_loss = float(self.loss_fn(logits, self.y_val))
         val_acc = float((logits.argmax(1) == self.y_val).float().mean())
-        self._observe_seeds()
-        acts = self.model.interface_activations(self.x_val)
+        self._observe_seeds(acts=acts)
         layers = tuple(LayerSignal(f"layers.{i}", "activation_abs_mean", h.abs().mean(0).cpu().numpy())
                        for i, h in enumerate(acts))
         events: list[Any] = []

@@ -53,14 +53,19 @@ class SeededMLP(nn.Module):
         return self.head(x)
 
     @torch.no_grad()
-    def interface_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Post-ReLU trunk activations per hidden layer, each ``[batch, hidden_dim]``."""
+    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``[batch, n_classes]`` and the post-ReLU trunk activations of
+        every hidden layer (each ``[batch, hidden_dim]``) from one forward pass."""
         self._capture = []
         try:
-            self(x)
-            return self._capture
+            logits = self(x)
+            return logits, self._capture
         finally:
             self._capture = None
+
+    def interface_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Post-ReLU trunk activations per hidden layer, each ``[batch, hidden_dim]``."""
+        return self.forward_with_activations(x)[1]
 
     def trunk_parameters(self) -> list[nn.Parameter]:
         """Parameters of the trunk (hidden layers and head), seeds excluded."""

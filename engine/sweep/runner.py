@@ -103,7 +103,8 @@ def run_sweep(
                 running.append(_start(pending.pop(0), sweep_dir, trial_command, child_env, ports))
             for r in list(running):
                 _stop(r, signals["count"])
-                if targets is not None and not r.registered:
+                # A trial with its endpoint disabled never writes endpoint.json.
+                if targets is not None and not r.registered and r.trial.config.telemetry.metrics_port:
                     _register(r, targets, sweep_name)
                 if r.proc.poll() is not None:
                     running.remove(r)
