@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as prom
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the committed dashboard JSON lives (mounted into Grafana by compose).
 DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
+#: Alerting rules, whose thresholds the dashboards draw (so the two cannot disagree).
+ALERTS_YML = ROOT / "prometheus" / "rules" / "alerts.yml"
 #: uid of the provisioned datasource (grafana/provisioning/datasources/prometheus.yml).
 DATASOURCE_UID = "prometheus"
 #: Names of the template variables every dashboard defines, in display order.
@@ -74,8 +77,26 @@ RUN = 'job=~"$job", sweep=~"$sweep", run_id=~"$run", trial=~"$trial"'
 LAYER = 'layer=~"$layer"'
 LEGEND_RUN = "{{run_id}} {{sweep}} {{trial}}"
 LEGEND_SEED = "{{run_id}} {{layer}}/{{seed}}"
-DRIFT_WARNING, DRIFT_CRITICAL = 0.12, 0.25
 STATE_COLORS = {"dormant": "text", "training": "blue", "blending": "yellow", "active": "green", "failed": "red"}
+
+
+def alert_threshold(alert: str, series: str, path: Path = ALERTS_YML) -> float:
+    """The number in ``<series> > <number>`` of alerting rule ``alert``'s expression.
+
+    Raises ``ValueError`` when the rule is missing or compares ``series``
+    differently, so a reworded rule fails here, at generation time.
+    """
+    rules = [r for g in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"] for r in g["rules"]]
+    exprs = [r["expr"] for r in rules if r.get("alert") == alert]
+    found = [float(x) for e in exprs for x in re.findall(rf"(?<![\w:]){re.escape(series)}\s*>\s*([0-9.]+)", e)]
+    if len(found) != 1:
+        raise ValueError(f"{path.name}: expected one '{series} > <number>' in alert {alert}, found {found}")
+    return found[0]
+
+
+#: Seed drift thresholds: those of the SeedDriftHigh / SeedDriftCritical alerts.
+DRIFT_WARNING = alert_threshold("SeedDriftHigh", metric("seed_drift_ratio"))
+DRIFT_CRITICAL = alert_threshold("SeedDriftCritical", metric("seed_drift_ratio"))
 
 
 def sel(short: str, *extra: str, layer: bool = False, suffix: str = "") -> str:
