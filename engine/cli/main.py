@@ -53,10 +53,13 @@ def cli(ctx: click.Context, sweep_config: Path | None, parallel: int | None, res
     results under results/runs/. Every option below overrides the config; in a
     sweep, YAML values override these in turn.
     """
-    if ctx.invoked_subcommand is not None:
-        ctx.obj = given(overrides)
-        return 0
     flat = given(overrides)
+    if ctx.invoked_subcommand is not None:
+        if flat:  # subcommands take their own options; these would be silently ignored
+            raise ConfigError(next(iter(flat)), flat[next(iter(flat))],
+                              f"run options cannot be combined with the '{ctx.invoked_subcommand}' "
+                              "command, which takes only its own options (see its --help)")
+        return 0
     if resume_dir is not None:
         return _resume(resume_dir, flat)
     cfg = build_config(flat)  # validates before anything is written

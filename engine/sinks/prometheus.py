@@ -276,11 +276,6 @@ class PrometheusSink:
         self._ended_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------
-    @property
-    def scrapes(self) -> int:
-        """How many times the endpoint has been scraped."""
-        return self._watch.count
-
     def linger(self, max_seconds: float, hold_seconds: float = 0.0) -> bool:
         """Keep serving until one scrape after the run ended, at most ``max_seconds``.
 
