@@ -102,6 +102,9 @@ class RunConfig(Section):
         if isinstance(data, dict):
             data = dict(data)
             spec = get_experiment(str(data.get("experiment", "seeds")))
+            train = data.get("train")
+            if spec.train_defaults and (train is None or isinstance(train, dict)):
+                data["train"] = {**spec.train_defaults, **(train or {})}
             fam = data.get("family")
             if not isinstance(fam, spec.config_cls):
                 data["family"] = spec.config_cls.model_validate(fam or {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ class ExperimentSpec:
     config_cls: type[BaseModel]
     factory: Callable[..., "Experiment"]
     summary: str
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 _EXPERIMENTS: dict[str, ExperimentSpec] = {}
@@ -35,14 +36,19 @@ _LOADED = False
 
 
 def register_experiment(
-    name: str, config_cls: type[BaseModel], summary: str
+    name: str, config_cls: type[BaseModel], summary: str, train_defaults: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Class/function decorator registering an experiment factory under ``name``."""
+    """Class/function decorator registering an experiment factory under ``name``.
+
+    ``train_defaults`` overrides defaults of the shared ``train`` section for
+    this family (e.g. SGD with lr 0.1 for the plasticity streams); values the
+    user gives still win.
+    """
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         if name in _EXPERIMENTS and _EXPERIMENTS[name].factory is not factory:
             raise RuntimeError(f"experiment {name!r} registered twice")
-        _EXPERIMENTS[name] = ExperimentSpec(name, config_cls, factory, summary)
+        _EXPERIMENTS[name] = ExperimentSpec(name, config_cls, factory, summary, dict(train_defaults or {}))
         return factory
 
     return deco

@@ -11,7 +11,8 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 FORBIDDEN = {
     "models": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep", "engine.experiments"),
     "mechanisms": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep", "engine.experiments"),
-    "data": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep"),
+    "data": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep", "engine.experiments"),
+    "diagnostics": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep", "engine.experiments"),
     "training": ("engine.sinks", "engine.cli", "engine.sweep"),
     "experiments": ("engine.sinks", "engine.training", "engine.cli", "engine.sweep"),
     "telemetry": ("engine.sinks", "engine.training", "engine.cli", "engine.models", "engine.experiments"),

@@ -25,7 +25,7 @@ def test_names_follow_prometheus_conventions() -> None:
 
 def test_labels_are_bounded() -> None:
     allowed = {"run_id", "seed", "layer", "state", "status", "phase", "quantile", "rank", "sink",
-               "device", "experiment", "version", "python_version", "torch_version", "to_state"}
+               "device", "experiment", "version", "python_version", "torch_version", "to_state", "class"}
     for m in CATALOG:
         assert set(m.labels) <= allowed, (m.name, set(m.labels) - allowed)
 
@@ -37,7 +37,29 @@ def test_series_budget_is_bounded_by_structure_not_width() -> None:
     assert series_budget(8, 2, 3, 4) - small == 4 * (5 + 4)
 
 
+def test_series_budget_counts_only_the_family_metrics() -> None:
+    seeds = series_budget(4, 2, 3, 4)
+    # A family without seeds pays nothing for seed metrics, however many are asked for.
+    assert series_budget(64, 3, 3, 4, "plasticity", n_phases=1) == series_budget(0, 3, 3, 4, "plasticity", n_phases=1)
+    ndl = series_budget(0, 4, 3, 4, "neurogenesis", n_classes=10)
+    # Per-class series grow with the classes (two per-class gauges), nothing else does.
+    assert series_budget(0, 4, 3, 4, "neurogenesis", n_classes=20) - ndl == 2 * 10
+    assert seeds != ndl
+
+
+def test_every_family_metric_names_a_registered_family() -> None:
+    from engine.registry import experiment_names
+
+    names = set(experiment_names())
+    for m in CATALOG:
+        assert set(m.families) <= names, (m.name, m.families)
+
+
 def test_readme_metric_table_matches_catalog() -> None:
     readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(rf"`({PREFIX}_[a-z0-9_]+)`", readme))
-    assert listed == {m.name for m in CATALOG}
+    rows = re.findall(rf"^\| `({PREFIX}_[a-z0-9_]+)` \| (\w+) \| ([\w,]+) \| ([\w, ]+) \|", readme, re.M)
+    assert {r[0] for r in rows} == {m.name for m in CATALOG}
+    for name, kind, labels, families in rows:
+        spec = next(m for m in CATALOG if m.name == name)
+        assert (kind, labels) == (spec.kind, ",".join(spec.labels)), name
+        assert families == (", ".join(spec.families) or "all"), name

@@ -22,7 +22,8 @@ EPOCHS = 80  # the default schedule: 30 warm-up + 50 adaptation
 LINGER = 5.0
 STOP_BEFORE = 8  # epochs before the end at which scraping pauses
 SINKS = {"results", "prometheus"}  # console off, no TensorBoard, no MLflow
-ALLOWED = {n for spec in CATALOG for n in exposition_names(spec)}
+#: Series of the seeds family (the default run); other families' metrics must not appear.
+ALLOWED = {n for spec in CATALOG if spec.applies_to("seeds") for n in exposition_names(spec)}
 
 
 @dataclass

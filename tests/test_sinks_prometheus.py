@@ -37,7 +37,7 @@ def test_layer_summaries_steps_and_status(port: int) -> None:
             bus.publish(ev.StepCompleted(step, 0.5, True, 1000.0 + step))
         seeds = (ev.SeedSnapshot("l0_s0", "layers.0", "blending", 0.4, 0.1, 0.2, 0.01),)
         bus.publish(ev.EpochCompleted(0, "adaptation", 7, {"val_accuracy": 0.8, "val_loss": 0.4},
-                                      seeds, (ev.LayerSignal("layers.0", "act", values),), 2, 5, 0.1, 123, 0.5, 14.0))
+                                      seeds, (ev.LayerSignal("layers.0", "activation_abs_mean", values),), 2, 5, 0.1, 123, 0.5, 14.0))
         s = scrape(sink.port)
         assert value(s, "plasticity_steps_total") == 7.0  # deferred to the scrape, not lost
         assert value(s, "plasticity_last_step_timestamp_seconds") == 1007.0

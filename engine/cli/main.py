@@ -100,11 +100,11 @@ def trial(run_dir: Path) -> int:
 
 @cli.command("metrics")
 def metrics_cmd() -> int:
-    """List every exported metric (name, type, labels, help) from the catalog."""
+    """List every exported metric (name, type, labels, families, help) from the catalog."""
     from engine.telemetry.catalog import CATALOG
 
     for m in CATALOG:
-        click.echo(f"{m.name}\t{m.kind}\t{','.join(m.labels)}\t{m.help}")
+        click.echo(f"{m.name}\t{m.kind}\t{','.join(m.labels)}\t{','.join(m.families) or 'all'}\t{m.help}")
     return 0
 
 

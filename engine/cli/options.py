@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 
 from engine.config import field_info, flat_fields
-from engine.registry import experiment_names
+from engine.registry import experiment_names, get_experiment
 
 
 def _click_type(annotation: Any) -> Any:
@@ -27,7 +27,11 @@ def _click_type(annotation: Any) -> Any:
 def _option(key: str, experiment: str) -> Callable[[Any], Any]:
     info = field_info(experiment, key)
     default = info.get_default(call_default_factory=True)
-    helptext = f"{info.description or key} [default: {default}]"
+    helptext = f"{info.description or key} [default: {default}"
+    # Families may override shared train defaults (e.g. SGD for the plasticity streams).
+    others = [f"{n}: {get_experiment(n).train_defaults[key]}" for n in experiment_names()
+              if key in get_experiment(n).train_defaults]
+    helptext += f"; {', '.join(others)}]" if others else "]"
     if experiment != "seeds" or key not in flat_fields("seeds"):
         helptext += f" ({experiment} only)"
     if info.annotation is bool:

@@ -1,5 +1,9 @@
 """The contract between the generic trainer and an experiment family.
 
+Family-specific metrics travel as :class:`~engine.telemetry.events.MetricSamples`
+events (catalog short names plus label values) in ``StepResult.events`` or
+``EpochReport.events``; sinks export them without knowing the family.
+
 The trainer owns the loop, timing, non-finite detection, signals, checkpoints
 and event publishing; an experiment owns its model, optimizer, data and
 mechanisms. Experiments return plain event objects for the trainer to publish
@@ -74,3 +78,8 @@ class Experiment(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         ...
+
+    # Optional hooks, looked up with getattr by the trainer:
+    #   manifest() -> dict: what data went in (written to run_dir/manifest.json at start);
+    #   write_artifacts(directory: Path) -> None: CSV/PNG/JSON artifacts, called at
+    #     every end of a run (finished, diverged, interrupted) into run_dir/artifacts.

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: MLflow limits (mlflow.utils.validation): key and param value length, batch sizes.
 MAX_KEY, MAX_VALUE, MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 250, 6000, 100, 1000
 #: Files copied from the run directory when the run ends (checkpoints are not).
-ARTIFACTS = ("config.yaml", "metrics.json", "*.log")
+ARTIFACTS = ("config.yaml", "metrics.json", "*.log", "artifacts/*")
 #: Engine terminal status -> MLflow RunStatus name.
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "interrupted": "KILLED"}
 _BAD_KEY = re.compile(r"[^\w\-. :/]")  # MLflow rejects any other character in names
@@ -76,12 +76,13 @@ class MlflowSink:
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
         self._epoch = 0
+        self._samples: dict[str, float] = {}
         self._broken = False
 
     def handlers(self) -> dict[type, Any]:
         """Event type -> handler (each marks the sink broken if it raises)."""
         table = {ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
-                 ev.RunEnded: self._on_run_ended}
+                 ev.MetricSamples: self._on_samples, ev.RunEnded: self._on_run_ended}
         return {etype: self._guard(fn) for etype, fn in table.items()}
 
     def _guard(self, fn: Any) -> Any:
@@ -142,7 +143,14 @@ class MlflowSink:
         for s in e.seeds:
             values[f"seeds/{s.seed_id}/alpha"] = s.alpha
             values[f"seeds/{s.seed_id}/drift"] = s.drift
+        values.update(self._samples)  # the epoch's latest family measurements
+        self._samples = {}
         self._log(self._metrics(values, e.epoch))
+
+    def _on_samples(self, e: ev.MetricSamples) -> None:
+        # Buffered until the epoch ends: one request per epoch, not per measurement.
+        for s in e.samples:
+            self._samples["/".join((s.metric, *s.labels))] = s.value
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         if self.run_id is None:

@@ -23,11 +23,13 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from engine import __version__
 from engine.errors import ConfigError
 from engine.telemetry import events as ev
-from engine.telemetry.catalog import CATALOG, NEURON_QUANTILES, MetricSpec
+from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES, MetricSpec
 
 log = logging.getLogger(__name__)
 
 #: EpochCompleted.metrics key -> catalog short name (run_id label only).
+#: The per-unit signal exported as quantiles, top-k and dead-unit counts.
+ACTIVATION_SIGNAL = "activation_abs_mean"
 _QS_ARRAY = np.array([float(q) for q in NEURON_QUANTILES])
 _MAX_PENDING = 256  # epochs recorded but not yet exported
 _SCALARS = {
@@ -107,6 +109,9 @@ class PrometheusSink:
         self.topk = topk
         self._device = "cpu"
         self.run_id = ""
+        self._experiment = ""
+        self._phases: tuple[str, ...] = ev.PHASES
+        self._totals: dict[tuple[str, ...], float] = {}  # counter samples exported so far
         self._ended_at = 0.0
         self.host = host
         self._child: dict[str, Any] = {}
@@ -146,7 +151,7 @@ class PrometheusSink:
         table: dict[type, Callable[[Any], None]] = {
             ev.RunStarted: self._started, ev.SeedTransition: self._transition,
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
-            ev.RunEnded: self._ended,
+            ev.RunEnded: self._ended, ev.MetricSamples: self._samples,
         }
         return {ev.StepCompleted: self._step, ev.EpochCompleted: self._epoch,
                 **{etype: self._atomic(fn) for etype, fn in table.items()}}
@@ -192,7 +197,10 @@ class PrometheusSink:
 
         self.run_id = e.run_id
         self._device = e.device
+        self._experiment = e.experiment
+        self._phases = tuple(e.phases) + ("done",)
         self._child.clear()
+        self._totals.clear()
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
         self.m["run_info"].labels(e.run_id, e.experiment, e.device).set(1)
         self._one_hot("run_status", ev.RUN_STATUSES, "running")
@@ -201,14 +209,29 @@ class PrometheusSink:
         # Counters are cumulative over the run, across resumes (steps_total
         # follows the trainer's absolute step count at the next flush).
         self._c("epochs_total").inc(e.start_epoch)
-        self._c("germinations_total").inc(e.germinations)
-        for state in ev.SEED_STATES:
-            self._c("seed_transitions_total", state)
+        if self._seeds_family:
+            self._c("germinations_total").inc(e.germinations)
+            for state in ev.SEED_STATES:
+                self._c("seed_transitions_total", state)
         for sink in self._sink_names:
             self._c("sink_errors_total", sink)
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())
+
+    @property
+    def _seeds_family(self) -> bool:
+        return BY_NAME[f"{PREFIX}_germinations_total"].applies_to(self._experiment)
+
+    def _samples(self, e: ev.MetricSamples) -> None:
+        for smp in e.samples:
+            if BY_NAME[f"{PREFIX}_{smp.metric}"].kind == "counter":  # cumulative total -> increment
+                key = (smp.metric, *smp.labels)
+                delta = smp.value - self._totals.get(key, 0.0)
+                self._totals[key] = smp.value
+                self._c(smp.metric, *smp.labels).inc(max(delta, 0.0))
+            else:
+                self._c(smp.metric, *smp.labels).set(smp.value)
 
     def _one_hot(self, short: str, values: tuple[str, ...], current: str, *extra: str) -> None:
         # The varying label is always the last one in the catalog.
@@ -227,13 +250,14 @@ class PrometheusSink:
         if dev is not None:
             self._c("device_memory_used_bytes", self._device).set(dev)
             self._c("device_memory_limit_bytes", self._device).set(e.metrics["device_memory_limit_bytes"])
-        self._one_hot("training_phase", ev.PHASES, e.phase)
+        self._one_hot("training_phase", self._phases, e.phase)
         self._c("epoch_duration_seconds").observe(e.duration_seconds)
         self._c("samples_per_second").set(e.samples_per_second)
         self._c("training_progress_ratio").set(e.progress)
         self._c("model_parameters").set(e.parameters)
-        self._c("plateau_epochs").set(e.plateau)
-        self._c("plateau_patience_epochs").set(e.patience)
+        if self._seeds_family:
+            self._c("plateau_epochs").set(e.plateau)
+            self._c("plateau_patience_epochs").set(e.patience)
         for s in e.seeds:
             self._one_hot("seed_state", ev.SEED_STATES, s.state, s.seed_id, s.layer)
             self._c("seed_alpha_ratio", s.seed_id, s.layer).set(s.alpha)
@@ -241,7 +265,8 @@ class PrometheusSink:
             self._c("seed_health", s.seed_id, s.layer).set(s.health)
             self._c("seed_train_loss", s.seed_id, s.layer).set(s.train_loss)
         for sig in e.layers:
-            self._layer(sig)
+            if sig.signal == ACTIVATION_SIGNAL:  # other per-unit signals go to TensorBoard/artifacts
+                self._layer(sig)
 
     def _layer(self, sig: ev.LayerSignal) -> None:
         v = np.asarray(sig.values, dtype=np.float64).ravel()  # [units]
@@ -272,7 +297,7 @@ class PrometheusSink:
 
     def _ended(self, e: ev.RunEnded) -> None:
         self._one_hot("run_status", ev.RUN_STATUSES, e.status)
-        self._one_hot("training_phase", ev.PHASES, "done")
+        self._one_hot("training_phase", self._phases, "done")
         self._ended_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------

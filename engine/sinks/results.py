@@ -3,8 +3,10 @@
 ``metrics.json`` is rewritten atomically after every epoch with status
 ``running``, so a run killed at any moment still leaves its last complete
 numbers; ``history.jsonl`` gets one line per epoch, ``events.jsonl`` one line
-per lifecycle event, and ``neurons.jsonl`` the full per-neuron signals of every
-layer each epoch (Prometheus only gets bounded per-layer summaries of them).
+per lifecycle event, ``neurons.jsonl`` the full per-neuron signals of every
+layer each epoch (Prometheus only gets bounded per-layer summaries of them),
+and ``samples.jsonl`` every family measurement (per-layer rank, per-class
+error, ...) with the step it was taken at.
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ class ResultsSink:
         self._history = open(self.run_dir / "history.jsonl", "a", encoding="utf-8")
         self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
         self._neurons = open(self.run_dir / "neurons.jsonl", "a", encoding="utf-8")
+        self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         """Event type -> handler."""
         return {ev.RunStarted: self._started, ev.EpochCompleted: self._epoch,
                 ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
-                ev.SinkFailed: self._event, ev.RunEnded: self._ended}
+                ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured}
 
     def _write(self, final: bool = False) -> None:
         # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.
@@ -71,7 +74,7 @@ class ResultsSink:
         RunEnded "interrupted") are history and stay.
         """
         for attr, name in (("_history", "history.jsonl"), ("_events", "events.jsonl"),
-                           ("_neurons", "neurons.jsonl")):
+                           ("_neurons", "neurons.jsonl"), ("_samples", "samples.jsonl")):
             getattr(self, attr).close()
             path = self.run_dir / name
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -92,6 +95,12 @@ class ResultsSink:
         self.doc["metrics"] = _clean({**e.metrics, "epoch": e.epoch})
         self._write()
 
+    def _measured(self, e: ev.MetricSamples) -> None:
+        rows = [json.dumps(_clean({"epoch": e.epoch, "step": e.step, "metric": s.metric,
+                                   "labels": list(s.labels), "value": s.value})) for s in e.samples]
+        self._samples.write("".join(r + "\n" for r in rows))
+        self._samples.flush()
+
     def _event(self, e: Any) -> None:
         self._events.write(json.dumps(_clean({"event": type(e).__name__, **asdict(e)})) + "\n")
         self._events.flush()
@@ -103,5 +112,5 @@ class ResultsSink:
 
     def close(self) -> None:
         """Close the JSONL files."""
-        for fh in (self._history, self._events, self._neurons):
+        for fh in (self._history, self._events, self._neurons, self._samples):
             fh.close()

@@ -46,6 +46,7 @@ class TensorBoardSink:
         # TensorBoard treats a step lower than one already seen as a restart and
         # discards newer data, so text events never go back in time.
         self._step = 0
+        self._samples: dict[str, float] = {}
         self._closed = False
 
     @property
@@ -62,6 +63,7 @@ class TensorBoardSink:
         return {
             ev.RunStarted: self._on_run_started,
             ev.EpochCompleted: self._on_epoch,
+            ev.MetricSamples: self._on_samples,
             ev.SeedTransition: self._on_transition,
             ev.NonFiniteLoss: self._on_nonfinite,
             ev.SinkFailed: self._on_sink_failed,
@@ -92,6 +94,8 @@ class TensorBoardSink:
                     ("run/plateau", e.plateau), ("run/progress", e.progress), ("run/parameters", e.parameters)]
         scalars += [(f"seeds/{s.seed_id}/{key}", getattr(s, key))
                     for s in e.seeds for key in ("alpha", "drift", "health", "train_loss")]
+        scalars += list(self._samples.items())  # the epoch's latest family measurements
+        self._samples = {}
         values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
         layers = e.layers if step % self.histogram_every == 0 else ()
         for sig in layers:
@@ -99,6 +103,12 @@ class TensorBoardSink:
             if hist is not None:
                 values.append(Summary.Value(tag=f"neurons/{sig.layer}/{sig.signal}", histo=hist))
         self._writer.file_writer.add_summary(Summary(value=values), step)
+
+    def _on_samples(self, e: ev.MetricSamples) -> None:
+        # Buffered into the epoch's single Summary; every value of every
+        # measurement, with its step, is in samples.jsonl.
+        for s in e.samples:
+            self._samples["/".join(("family", s.metric, *s.labels))] = s.value
 
     def _text(self, text: str) -> None:
         self._writer.add_text("events", text, self._step)

@@ -9,7 +9,7 @@ bounded labels only (seed ids and layer names; never a neuron index).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 PREFIX = "plasticity"
 #: Quantiles exported for per-neuron signals of each layer.
@@ -22,7 +22,10 @@ Kind = Literal["counter", "gauge", "histogram"]
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One exported metric: full name, type, unit, label names and help text."""
+    """One exported metric: full name, type, unit, label names and help text.
+
+    ``families`` are the experiment families that set it (empty: every family).
+    """
 
     name: str
     kind: Kind
@@ -30,15 +33,22 @@ class MetricSpec:
     labels: tuple[str, ...]
     help: str
     buckets: tuple[float, ...] = ()
+    families: tuple[str, ...] = ()
+
+    def applies_to(self, experiment: str) -> bool:
+        """Whether a run of ``experiment`` sets this metric."""
+        return not self.families or experiment in self.families
 
 
-def _m(short: str, kind: Kind, unit: str, labels: tuple[str, ...], help: str, **kw: tuple[float, ...]) -> MetricSpec:
+def _m(short: str, kind: Kind, unit: str, labels: tuple[str, ...], help: str, **kw: Any) -> MetricSpec:
     return MetricSpec(f"{PREFIX}_{short}", kind, unit, labels, help, **kw)
 
 
 R = ("run_id",)
 S = ("run_id", "seed", "layer")
 L = ("run_id", "layer")
+C = ("run_id", "class")
+SEEDS, NDL, LOP = "seeds", "neurogenesis", "plasticity"
 
 CATALOG: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
@@ -50,8 +60,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("last_step_timestamp_seconds", "gauge", "seconds", R, "Unix time of the last completed step (heartbeat)."),
     _m("train_loss", "gauge", "", R, "Mean training loss of the last epoch."),
     _m("val_loss", "gauge", "", R, "Validation loss after the last epoch."),
-    _m("val_accuracy_ratio", "gauge", "ratio", R, "Validation accuracy after the last epoch (0-1)."),
-    _m("best_val_accuracy_ratio", "gauge", "ratio", R, "Best validation accuracy so far (0-1)."),
+    _m("val_accuracy_ratio", "gauge", "ratio", R, "Validation accuracy after the last epoch (0-1).", families=(SEEDS, LOP)),
+    _m("best_val_accuracy_ratio", "gauge", "ratio", R, "Best validation accuracy so far (0-1).", families=(SEEDS, LOP)),
     _m("epoch_duration_seconds", "histogram", "seconds", R, "Wall time per epoch.", buckets=EPOCH_BUCKETS),
     _m("samples_per_second", "gauge", "", R, "Training throughput of the last epoch."),
     _m("grad_norm", "gauge", "", R, "Mean L2 norm of the gradient over the last epoch's steps."),
@@ -59,16 +69,16 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("nonfinite_loss_steps_total", "counter", "", R, "Steps whose loss was NaN or infinite."),
     _m("training_progress_ratio", "gauge", "ratio", R, "Epochs completed over epochs planned (0-1)."),
     _m("model_parameters", "gauge", "", R, "Number of parameters in the model, seeds included."),
-    _m("plateau_epochs", "gauge", "", R, "Consecutive adaptation epochs without val-loss improvement."),
-    _m("plateau_patience_epochs", "gauge", "", R, "Plateau length that triggers germination."),
-    _m("germinations_total", "counter", "", R, "Seeds germinated."),
-    _m("germination_accuracy_threshold_ratio", "gauge", "ratio", R, "Germination happens only while val accuracy is below this (0-1)."),
-    _m("seed_state", "gauge", "", S + ("state",), "1 for the seed's current lifecycle state, else 0."),
-    _m("seed_alpha_ratio", "gauge", "ratio", S, "Blending weight of the seed (0 dormant, 1 fully active)."),
-    _m("seed_drift_ratio", "gauge", "ratio", S, "Interface drift since blending began: 1 - mean cosine (0-1)."),
-    _m("seed_health", "gauge", "", S, "Activation variance at the seed's interface (low = unhealthy)."),
-    _m("seed_train_loss", "gauge", "", S, "Reconstruction loss of the seed's child network."),
-    _m("seed_transitions_total", "counter", "", ("run_id", "to_state"), "Seed lifecycle transitions by target state."),
+    _m("plateau_epochs", "gauge", "", R, "Consecutive adaptation epochs without val-loss improvement.", families=(SEEDS,)),
+    _m("plateau_patience_epochs", "gauge", "", R, "Plateau length that triggers germination.", families=(SEEDS,)),
+    _m("germinations_total", "counter", "", R, "Seeds germinated.", families=(SEEDS,)),
+    _m("germination_accuracy_threshold_ratio", "gauge", "ratio", R, "Germination happens only while val accuracy is below this (0-1).", families=(SEEDS,)),
+    _m("seed_state", "gauge", "", S + ("state",), "1 for the seed's current lifecycle state, else 0.", families=(SEEDS,)),
+    _m("seed_alpha_ratio", "gauge", "ratio", S, "Blending weight of the seed (0 dormant, 1 fully active).", families=(SEEDS,)),
+    _m("seed_drift_ratio", "gauge", "ratio", S, "Interface drift since blending began: 1 - mean cosine (0-1).", families=(SEEDS,)),
+    _m("seed_health", "gauge", "", S, "Activation variance at the seed's interface (low = unhealthy).", families=(SEEDS,)),
+    _m("seed_train_loss", "gauge", "", S, "Reconstruction loss of the seed's child network.", families=(SEEDS,)),
+    _m("seed_transitions_total", "counter", "", ("run_id", "to_state"), "Seed lifecycle transitions by target state.", families=(SEEDS,)),
     _m("layer_units", "gauge", "", L, "Number of units in the layer."),
     _m("layer_dead_units", "gauge", "", L, "Units of the layer with zero activation on every validation sample."),
     _m("neuron_activation_quantile", "gauge", "", L + ("quantile",), "Quantiles over the layer's units of mean |activation| on validation data."),
@@ -76,6 +86,32 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("sink_errors_total", "counter", "", ("run_id", "sink"), "Telemetry sink failures (the sink is then disabled)."),
     _m("device_memory_used_bytes", "gauge", "bytes", ("run_id", "device"), "Memory in use on the device (CUDA allocated, or process RSS on CPU)."),
     _m("device_memory_limit_bytes", "gauge", "bytes", ("run_id", "device"), "Memory capacity of the device (CUDA total, or physical RAM on CPU)."),
+    # -- neurogenesis (Draelos et al. 2017): class-incremental autoencoder ------
+    _m("ndl_stage", "gauge", "", R, "Index of the current class stage (0 = base training).", families=(NDL,)),
+    _m("ndl_current_class", "gauge", "", R, "Label of the class being learned (-1 during base training).", families=(NDL,)),
+    _m("ndl_class_reconstruction_error", "gauge", "", C, "Held-out reconstruction MSE of each class learned so far.", families=(NDL,)),
+    _m("ndl_class_baseline_error", "gauge", "", C, "Held-out reconstruction MSE of the class right after it was learned.", families=(NDL,)),
+    _m("ndl_layer_reconstruction_error", "gauge", "", L, "Mean reconstruction MSE through the level on the current class's samples.", families=(NDL,)),
+    _m("ndl_layer_threshold", "gauge", "", L, "Outlier threshold of the level's reconstruction error (from base-trained statistics).", families=(NDL,)),
+    _m("ndl_outlier_fraction_ratio", "gauge", "ratio", L, "Fraction of the current class's samples above the level's threshold (0-1).", families=(NDL,)),
+    _m("ndl_outlier_fraction_limit_ratio", "gauge", "ratio", R, "Outlier fraction above which a level grows (0-1).", families=(NDL,)),
+    _m("ndl_neurons_added_total", "counter", "", L, "Neurons added to the level by neurogenesis.", families=(NDL,)),
+    _m("ndl_stage_neurons_added", "gauge", "", L, "Neurons added to the level during the current stage.", families=(NDL,)),
+    _m("ndl_stage_growth_limit", "gauge", "", L, "Most neurons the level may add in one stage (the growth cap).", families=(NDL,)),
+    _m("ndl_replay_samples_total", "counter", "", R, "Samples generated by intrinsic replay.", families=(NDL,)),
+    # -- loss of plasticity: continual backprop, ReDo, rank and dormancy -------
+    _m("stream_task", "gauge", "", R, "Index of the current task of the stream.", families=(LOP,)),
+    _m("online_loss", "gauge", "", R, "Mean online loss over the last task (each sample scored before the update).", families=(LOP,)),
+    _m("online_accuracy_ratio", "gauge", "ratio", R, "Online accuracy over the last task (0-1; classification streams).", families=(LOP,)),
+    _m("layer_effective_rank", "gauge", "", L, "Effective rank of the layer's probe activations (exp entropy of normalised singular values).", families=(LOP,)),
+    _m("layer_stable_rank", "gauge", "", L, "Stable rank of the layer's probe activations (sum s^2 / max s^2).", families=(LOP,)),
+    _m("layer_approximate_rank", "gauge", "", L, "Singular values holding 99% of the probe activations' energy.", families=(LOP,)),
+    _m("layer_dead_ratio", "gauge", "ratio", L, "Fraction of the layer's units that are zero on every probe sample (0-1).", families=(LOP,)),
+    _m("layer_dormant_ratio", "gauge", "ratio", L, "Fraction of the layer's units whose ReDo score is <= tau (0-1).", families=(LOP,)),
+    _m("layer_weight_abs_mean", "gauge", "", L, "Mean absolute incoming weight of the layer.", families=(LOP,)),
+    _m("layer_grad_norm", "gauge", "", L, "L2 norm of the layer's weight gradient, averaged since the last diagnostics.", families=(LOP,)),
+    _m("units_replaced_total", "counter", "", L, "Units re-initialised by continual backprop or ReDo.", families=(LOP,)),
+    _m("diagnostics_seconds_total", "counter", "seconds", R, "Wall time spent computing probe diagnostics.", families=(LOP,)),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}
@@ -96,12 +132,18 @@ def exposition_names(spec: MetricSpec) -> tuple[str, ...]:
     return (spec.name,)
 
 
-def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int) -> int:
-    """Upper bound on series one run exports (documented in the README)."""
-    from engine.telemetry.events import PHASES, RUN_STATUSES, SEED_STATES
+def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
+                  experiment: str = "seeds", n_classes: int = 0, n_phases: int = 2) -> int:
+    """Upper bound on series one run of ``experiment`` exports (documented in the README).
+
+    ``n_phases`` is the family's number of training phases (``done`` is added).
+    """
+    from engine.telemetry.events import RUN_STATUSES, SEED_STATES
 
     total = 0
     for m in CATALOG:
+        if not m.applies_to(experiment):
+            continue
         if m.kind == "histogram":
             total += len(m.buckets) + 3  # buckets, +Inf, _sum, _count
         elif m.name.endswith("seed_state"):
@@ -114,10 +156,12 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int) -> int:
             total += n_layers * topk
         elif m.labels[-1:] == ("layer",):
             total += n_layers
+        elif m.labels[-1:] == ("class",):
+            total += n_classes
         elif m.name.endswith("run_status"):
             total += len(RUN_STATUSES)
         elif m.name.endswith("training_phase"):
-            total += len(PHASES)
+            total += n_phases + 1
         elif m.name.endswith("seed_transitions_total"):
             total += len(SEED_STATES)
         elif m.name.endswith("sink_errors_total"):

@@ -16,8 +16,9 @@ import numpy as np
 RUN_STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 #: Lifecycle states of a morphogenetic seed.
 SEED_STATES = ("dormant", "training", "blending", "active", "failed")
-#: Training phases of the seeds family.
-PHASES = ("warm_up", "adaptation", "done")
+#: Training phases of every family (seeds: warm_up, adaptation; neurogenesis:
+#: base, incremental; plasticity: stream), plus ``done`` after the run.
+PHASES = ("warm_up", "adaptation", "base", "incremental", "stream", "done")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class RunStarted:
     total_epochs: int
     start_epoch: int = 0
     germinations: int = 0  # restored from a checkpoint, so counters stay cumulative
+    phases: tuple[str, ...] = ("warm_up", "adaptation")  # the family's phases, in order
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,44 @@ class LayerSignal:
     signal: str
     values: np.ndarray
     dead_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value of a labelled catalog metric, set by an experiment family.
+
+    ``metric`` is the catalog short name (without the prefix); ``labels`` are
+    the values of its labels after ``run_id``, in catalog order. For counters
+    ``value`` is the run's cumulative total (restored on resume), never an
+    increment, so sinks stay correct across restarts.
+    """
+
+    metric: str
+    labels: tuple[str, ...]
+    value: float
+
+    def __post_init__(self) -> None:
+        # A typo here would otherwise surface only as a sink error at run time.
+        from engine.telemetry.catalog import BY_NAME, PREFIX
+
+        spec = BY_NAME.get(f"{PREFIX}_{self.metric}")
+        if spec is None:
+            raise KeyError(f"metric {self.metric!r} is not in the catalog")
+        if len(self.labels) != len(spec.labels) - 1:
+            raise ValueError(f"metric {self.metric!r} takes labels {spec.labels[1:]}, got {self.labels}")
+
+
+@dataclass(frozen=True)
+class MetricSamples:
+    """Family-specific measurements (e.g. per-layer rank, per-class error).
+
+    Experiments emit it from ``train_step`` (diagnostics every K steps) or
+    ``end_epoch``; ``step`` is the trainer's step count when measured.
+    """
+
+    step: int
+    epoch: int
+    samples: tuple[Sample, ...]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ given. It stops cleanly on a non-finite loss (status ``diverged``) or when
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from engine.experiments.base import Experiment
+from engine.fsutil import atomic_write_text
 from engine.telemetry.bus import EventBus
 from engine.telemetry.events import (EpochCompleted, NonFiniteLoss, RunEnded, RunStarted,
                                      SeedTransition, StepCompleted)
@@ -86,15 +88,20 @@ class Trainer:
     # -- loop -------------------------------------------------------------------
     def run(self) -> Outcome:
         """Train to the end of the schedule, or until diverged/interrupted."""
+        manifest = getattr(self.exp, "manifest", None)
+        if callable(manifest):  # what data went in (source, sizes, checksum)
+            atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest(), indent=2, sort_keys=True))
         self.bus.publish(RunStarted(self.run_id, str(self.config.get("experiment")), self.config,
                                     str(self.run_dir), str(self.exp.device), self.exp.parameter_count(),
-                                    len(self.schedule), self.epoch, self.germinations))
+                                    len(self.schedule), self.epoch, self.germinations,
+                                    tuple(name for name, _ in self.exp.phases())))
         status = "finished"
         while self.epoch < len(self.schedule):
             status = self._run_epoch(self.epoch, self.schedule[self.epoch])
             if status != "running":  # diverged or interrupted
                 break
             status = "finished"
+        self._write_artifacts()
         outcome = Outcome(status, self.final_metrics())
         if status == "diverged":
             outcome.error = f"non-finite loss at step {self.step - 1}"  # the failing step's index
@@ -140,6 +147,21 @@ class Trainer:
         if self.checkpoint_every and (self.epoch % self.checkpoint_every == 0 or self.epoch == len(self.schedule)):
             self.checkpoint()
         return "interrupted" if self._stop else "running"
+
+    def _write_artifacts(self) -> None:
+        """Let the experiment write its artifacts (CSV, PNG, JSON) into ``run_dir/artifacts``.
+
+        Called at every end (finished, diverged, interrupted), so partial runs
+        keep what they have; a failure here is logged, never fatal.
+        """
+        write = getattr(self.exp, "write_artifacts", None)
+        if not callable(write):
+            return
+        try:
+            (self.run_dir / "artifacts").mkdir(exist_ok=True)
+            write(self.run_dir / "artifacts")
+        except Exception:  # noqa: BLE001 - artifacts must not cost the run its results
+            log.exception("writing artifacts failed")
 
     def _publish(self, events: list[Any]) -> None:
         for e in events:
