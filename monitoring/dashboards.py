@@ -1,6 +1,7 @@
 """Grafana dashboards as code (Grafana Foundation SDK, Grafana 11.6 build).
 
 ``python -m monitoring.dashboards`` writes ``grafana/dashboards/<uid>.json``
+(the experiment families' dashboards come from :mod:`monitoring.dashboards_families`)
 (``--check`` only compares and exits 1 on a difference). Every metric name is
 taken from the engine's catalog through :func:`engine.telemetry.catalog.metric`,
 so a renamed metric fails here, at generation time.
@@ -52,7 +53,9 @@ ALERTS_YML = ROOT / "prometheus" / "rules" / "alerts.yml"
 DATASOURCE_UID = "prometheus"
 #: Names of the template variables every dashboard defines, in display order.
 VARIABLES = ("datasource", "job", "sweep", "run", "trial", "layer")
-UIDS = ("plasticity-overview", "plasticity-seeds", "plasticity-system")
+#: Dashboards of the experiment families (monitoring/dashboards_families.py): uid -> family.
+FAMILY_DASHBOARDS: Mapping[str, str] = {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity"}
+UIDS = ("plasticity-overview", "plasticity-seeds", "plasticity-system", *FAMILY_DASHBOARDS)
 #: The SDK build the committed JSON comes from: it targets the Grafana that compose runs (11.6).
 SDK_REQUIREMENT = "grafana-foundation-sdk==1769699379!11.6.0"
 #: Panels whose query is legitimately empty while every run is healthy.
@@ -349,7 +352,11 @@ def _plain(dashboard: db.Dashboard) -> dict[str, Any]:
 
 def build_all() -> dict[str, dict[str, Any]]:
     """Every dashboard as plain JSON data, keyed by uid."""
-    return {d["uid"]: d for d in (_plain(overview()), _plain(seeds()), _plain(system()))}
+    # The family dashboards build on this module's helpers, hence the late import.
+    from monitoring.dashboards_families import lop, replay
+
+    return {d["uid"]: d for d in (_plain(overview()), _plain(seeds()), _plain(system()), _plain(replay()),
+                                  _plain(lop()))}
 
 
 def render(data: Mapping[str, Any]) -> str:

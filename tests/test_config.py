@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from engine.config import RunConfig, build_config, config_hash, dump_yaml, flat_fields, load_yaml
+from engine.config import RunConfig, build_config, config_hash, dump_yaml, flat_fields, load_yaml, validate_nested
 from engine.errors import ConfigError
 from engine.registry import experiment_names, get_experiment
 
@@ -33,7 +33,7 @@ def test_flat_keys_are_unique_across_sections(experiment: str) -> None:
     ({"batch_size": "abc"}, "batch_size", "integer"),
     ({"problem_type": "foo"}, "problem_type", "'spirals'"),
     ({"lrr": 1}, "lrr", "allowed: acc_threshold"),
-    ({"experiment": "nope"}, "experiment", "allowed: seeds"),
+    ({"experiment": "nope"}, "experiment", "allowed: neurogenesis, plasticity, seeds"),
     ({"train_frac": 1.5}, "train_frac", "less than 1"),
     ({"device": "tpu"}, "device", "'cuda'"),
     ({"seeds_per_layer": 40, "hidden_dim": 16}, "seeds_per_layer", "hidden_dim (16)"),
@@ -64,3 +64,28 @@ def test_run_id_ignores_telemetry_and_output_only() -> None:
     assert config_hash(base) == config_hash(build_config({"metrics_port": 0, "output_dir": "x", "console": "off"}))
     assert config_hash(base) != config_hash(build_config({"lr": 0.01}))
     assert config_hash(base) != config_hash(build_config({"seed": 1}))
+
+
+def test_family_train_defaults_apply_and_user_values_win() -> None:
+    cfg = build_config({"experiment": "plasticity"})
+    # The plasticity streams default to the benchmark's SGD setting ...
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size) == ("sgd", 0.1, 8)
+    # ... the seeds family keeps the shared defaults ...
+    assert build_config({}).train.optimizer == "adam"
+    # ... and a value the user gives wins over the family's default.
+    assert build_config({"experiment": "plasticity", "lr": 0.03}).train.lr == 0.03
+    # The resolved values are what config.yaml records, so a reload is identical.
+    assert validate_nested(cfg.to_dict()) == cfg
+
+
+def test_a_flag_shared_by_families_has_one_type() -> None:
+    # The CLI builds one --option per flat key from the first family that has it,
+    # so a key two families share must mean the same type in both.
+    from engine.config import field_info
+
+    seen: dict[str, tuple[str, object]] = {}
+    for name in experiment_names():
+        for key in flat_fields(name):
+            ann = field_info(name, key).annotation
+            first = seen.setdefault(key, (name, ann))
+            assert first[1] == ann, (key, first, (name, ann))

@@ -273,7 +273,9 @@ def test_sdk_is_the_pinned_grafana_build() -> None:
 
 def test_fixed_uids(dashboards: dict[str, Dash]) -> None:
     assert {stem: dash["uid"] for stem, dash in dashboards.items()} == {uid: uid for uid in d.UIDS}
-    assert set(d.UIDS) == {"plasticity-overview", "plasticity-seeds", "plasticity-system"}
+    assert set(d.UIDS) == {"plasticity-overview", "plasticity-seeds", "plasticity-system",
+                           "plasticity-replay", "plasticity-lop"}
+    assert dict(d.FAMILY_DASHBOARDS) == {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity"}
 
 
 # -- lint rules ------------------------------------------------------------------
@@ -322,6 +324,55 @@ def test_required_panels(dashboards: dict[str, Dash]) -> None:
     for m in ("device_memory_used_bytes", "device_memory_limit_bytes", "sink_errors_total",
               "neuron_activation_quantile", "layer_dead_units"):
         assert f"plasticity_{m}{{" in sysd
+
+
+def _threshold_steps(dash: Dash, title: str) -> list[Any]:
+    panel = next(p for p in panels(dash) if p["title"] == title)
+    return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+
+
+def test_required_family_panels(dashboards: dict[str, Dash]) -> None:
+    """Issue 4 (replay) and issue 5 (loss of plasticity): the panels they ask for,
+    each family's metrics only, and alert thresholds drawn as the rules have them."""
+    replay, lop = dashboards["plasticity-replay"], dashboards["plasticity-lop"]
+    for dash, family in ((replay, "neurogenesis"), (lop, "plasticity")):
+        names = {catalog_name(n) for _, e in all_exprs(dash) for n in METRIC.findall(e)}
+        own = {m.name for m in CATALOG if m.families == (family,)}
+        other = {m.name for m in CATALOG if m.families and family not in m.families}
+        assert own <= names, f"{family}: not charted {sorted(own - names)}"
+        assert not names & other, f"{family}: charts other families' metrics {sorted(names & other)}"
+    rx = "\n".join(e for _, e in all_exprs(replay))
+    for m in ("ndl_class_reconstruction_error", "ndl_class_baseline_error", "ndl_layer_reconstruction_error",
+              "ndl_outlier_fraction_ratio", "ndl_outlier_fraction_limit_ratio", "layer_units",
+              "ndl_stage", "ndl_current_class"):
+        assert f"plasticity_{m}{{" in rx, m
+    assert "increase(plasticity_ndl_neurons_added_total{" in rx and "rate(plasticity_ndl_replay_samples_total{" in rx
+    lx = "\n".join(e for _, e in all_exprs(lop))
+    for m in ("layer_effective_rank", "layer_stable_rank", "layer_approximate_rank", "online_accuracy_ratio",
+              "online_loss", "layer_weight_abs_mean", "layer_grad_norm"):
+        assert f"plasticity_{m}{{" in lx, m
+    assert "increase(plasticity_units_replaced_total{" in lx and "rate(plasticity_diagnostics_seconds_total{" in lx
+    types = {p["title"]: p["type"] for p in panels(lop)}
+    assert types["Dead unit fraction by layer"] == types["Dormant unit fraction by layer"] == "heatmap"
+    # Thresholds: those of NdlClassForgetting, LayerRankCollapse, LayerDeadUnitsHigh, LayerDormantUnitsHigh.
+    assert _threshold_steps(replay, "Forgetting ratio (error / baseline)") == [None, 2]
+    assert _threshold_steps(lop, "Effective rank / width") == [None, 0.1]
+    assert _threshold_steps(lop, "Dead fraction") == [None, 0.25]
+    assert _threshold_steps(lop, "Dormant fraction") == [None, 0.5]
+
+
+def test_family_thresholds_follow_the_rules(tmp_path: Path) -> None:
+    """A reworded or re-numbered alert changes (or breaks) the drawn threshold."""
+    from monitoring.dashboards_families import alert_number
+
+    text = d.ALERTS_YML.read_text()
+    assert alert_number("LayerDeadUnitsHigh", r"plasticity_layer_dead_ratio\s*>\s*([0-9.]+)") == 0.25
+    changed = tmp_path / "alerts.yml"
+    changed.write_text(text.replace("plasticity_layer_dead_ratio > 0.25", "plasticity_layer_dead_ratio > 0.3"))
+    assert alert_number("LayerDeadUnitsHigh", r"plasticity_layer_dead_ratio\s*>\s*([0-9.]+)", changed) == 0.3
+    changed.write_text(text.replace("plasticity_layer_dead_ratio > 0.25", "0.25 < plasticity_layer_dead_ratio"))
+    with pytest.raises(ValueError, match="LayerDeadUnitsHigh"):
+        alert_number("LayerDeadUnitsHigh", r"plasticity_layer_dead_ratio\s*>\s*([0-9.]+)", changed)
 
 
 def test_seed_state_codes_match_the_value_mappings(dashboards: dict[str, Dash]) -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from binaries import ALERTMANAGER_YML, ROOT, RULE_TESTS_DIR, RULES_DIR, TEMPLATES_DIR
 
+from engine.registry import experiment_names
 from engine.telemetry.catalog import BY_NAME, CATALOG, exposition_names
 from engine.telemetry.events import PHASES, RUN_STATUSES, SEED_STATES
 
@@ -19,8 +20,10 @@ RUNBOOK = ROOT / "monitoring" / "runbook.md"
 TARGET_LABELS = {"job", "instance", "sweep", "run", "trial"}
 #: Exposition name (histograms expand to _bucket/_sum/_count) -> catalog spec.
 SERIES = {name: spec for spec in CATALOG for name in exposition_names(spec)}
-#: One-hot label values the engine exports.
-ENUMS = {"status": set(RUN_STATUSES), "state": set(SEED_STATES), "phase": set(PHASES)}
+#: One-hot label values the engine exports, and the registered experiment families
+#: (run_info's `experiment`, which rules use to single out a family).
+ENUMS = {"status": set(RUN_STATUSES), "state": set(SEED_STATES), "phase": set(PHASES),
+         "experiment": set(experiment_names())}
 # A metric name, not the middle of a recording rule name (level:metric:ops).
 METRIC_RE = re.compile(r"(?<![\w:])plasticity_[a-z0-9_]+(?![\w:])")
 RECORDED_RE = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")

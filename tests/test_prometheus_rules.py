@@ -173,6 +173,52 @@ MUTATIONS = {
          '          unless on (job, instance) (up{job=~"engine|engine_trials"} == 1)'),
         'up{job=~"engine|engine_trials"} == 0',
     ),
+    # Existing alerts the families would break: neurogenesis class stages are
+    # not comparable with base training (loss ~20x, gradient ~40x) ...
+    "LossDiverging during neurogenesis stages": (
+        "LossDiverging", "alerts.yml",
+        ('          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         '          unless on (job, instance, run_id) plasticity_training_phase{phase="incremental"} == 1\n'
+         '        for: 2m\n'
+         '        labels:\n'
+         '          severity: critical\n'
+         '        annotations:\n'
+         '          summary: "Run {{ $labels.run_id }}: training loss is diverging"'),
+        ('          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         '        for: 2m\n'
+         '        labels:\n'
+         '          severity: critical\n'
+         '        annotations:\n'
+         '          summary: "Run {{ $labels.run_id }}: training loss is diverging"'),
+    ),
+    # ... and a task stream's best task is no reference for the current one.
+    "AccuracyDrop for task streams": (
+        "AccuracyDrop", "alerts.yml",
+        '\n          unless on (job, instance, run_id) plasticity_run_info{experiment="plasticity"}\n', "\n",
+    ),
+    # Neurogenesis: a level that may not grow (cap 0, the CL variants) is
+    # always "at its cap" with outliers left.
+    "NdlRunawayGrowth without the cap > 0 guard": (
+        "NdlRunawayGrowth", "alerts.yml",
+        ("          and plasticity_ndl_stage_growth_limit > 0\n"), "",
+    ),
+    # Without `for`, a stage's transient disturbance of an old class counts as forgetting.
+    "NdlClassForgetting without for": (
+        "NdlClassForgetting", "alerts.yml",
+        ('ratio_baseline > 2\n'
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         '        for: 30m'),
+        ('ratio_baseline > 2\n'
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         '        for: 0m'),
+    ),
+    # Loss of plasticity: against an hour ago instead of the run's best, a
+    # slow job (hours per task) losing 2-3 points per task never fires.
+    "PlasticityLoss against an hour ago": (
+        "PlasticityLoss", "recording.yml",
+        "max_over_time(run_id:plasticity_online_accuracy_ratio:avg1h[7d])",
+        "run_id:plasticity_online_accuracy_ratio:avg1h offset 1h",
+    ),
 }
 
 

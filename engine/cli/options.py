@@ -32,8 +32,9 @@ def _option(key: str, experiment: str) -> Callable[[Any], Any]:
     others = [f"{n}: {get_experiment(n).train_defaults[key]}" for n in experiment_names()
               if key in get_experiment(n).train_defaults]
     helptext += f"; {', '.join(others)}]" if others else "]"
-    if experiment != "seeds" or key not in flat_fields("seeds"):
-        helptext += f" ({experiment} only)"
+    owners = [n for n in experiment_names() if key in flat_fields(n)]
+    if len(owners) < len(experiment_names()):  # shared keys (train, telemetry) say nothing
+        helptext += f" ({', '.join(owners)} only)"
     if info.annotation is bool:
         return click.option(f"--{key}/--no_{key}", key, default=None, help=helptext)
     ctype = _click_type(info.annotation)

@@ -244,7 +244,7 @@ class PrometheusSink:
     def _apply_epoch(self, e: ev.EpochCompleted) -> None:
         self._c("epochs_total").inc()
         for key, short in _SCALARS.items():
-            if key in e.metrics:
+            if key in e.metrics and BY_NAME[f"{PREFIX}_{short}"].applies_to(self._experiment):
                 self._c(short).set(e.metrics[key])
         dev = e.metrics.get("device_memory_used_bytes")
         if dev is not None:

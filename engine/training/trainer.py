@@ -132,13 +132,13 @@ class Trainer:
         report = self.exp.end_epoch(epoch, phase)
         self.epoch = epoch + 1
         duration = time.perf_counter() - t0
-        acc = report.metrics.get("val_accuracy", 0.0)
-        self.best_acc = max(self.best_acc, acc)
         used, limit = device_memory(self.exp.device)
         self.last = {"train_loss": loss_sum / max(n_steps, 1), "grad_norm": grad_sum / max(n_steps, 1),
                      "learning_rate": self.exp.learning_rate(), **report.metrics,
-                     "best_val_accuracy": self.best_acc,
                      "device_memory_used_bytes": used, "device_memory_limit_bytes": limit}
+        if "val_accuracy" in report.metrics:  # families without accuracy (autoencoders) report none
+            self.best_acc = max(self.best_acc, report.metrics["val_accuracy"])
+            self.last["best_val_accuracy"] = self.best_acc
         self._publish(report.events)
         self.bus.publish(EpochCompleted(
             epoch, phase, self.step, dict(self.last), report.seeds, report.layers, report.plateau,
@@ -172,9 +172,10 @@ class Trainer:
     def final_metrics(self) -> dict[str, float]:
         """Final numbers for ``metrics.json`` and the sweep summary."""
         out = {k: v for k, v in self.last.items() if not k.startswith("device_memory")}
+        if "val_accuracy" in self.last:
+            out["best_val_accuracy"] = self.best_acc
         out.update({"epochs": float(self.epoch), "steps": float(self.step),
                     "germinations": float(self.germinations),
-                    "best_val_accuracy": self.best_acc,
                     "parameters": float(self.exp.parameter_count()),
                     "wall_seconds": time.perf_counter() - self._t_start})
         return out

@@ -1,0 +1,209 @@
+"""One class stage of the neurogenesis family, run lazily as a generator of batches.
+
+:func:`run_stage` yields :class:`Batch` objects that the trainer hands back to
+``train_step`` (so it sees every step); between batches it measures outlier
+fractions, grows levels and switches phases:
+
+* NDL (``neurogenesis`` on), for each level L = 1..K: measure the fraction of
+  the new class's training samples whose error through levels 1..L exceeds
+  ``Th_L``; while it is above the limit and the level is under its cap: grow
+  (encoder + mirrored decoder), a plasticity phase (level L's autoencoder on
+  the outliers: weights touching new units at LR, old encoder frozen, old
+  decoder at LR * ``slow_lr_scale``), a stability phase (all of level L at
+  LR * ``slow_lr_scale`` on the new class + replay), and measure again. A level
+  whose lower neighbour grew this stage runs one plasticity + stability round
+  even without growing itself, so it learns to use (and to reconstruct) the
+  new units it received.
+* CL (``neurogenesis`` off): levels are measured (telemetry only) and the whole
+  autoencoder is fine-tuned on the new class (+ replay for CL+IR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from engine.mechanisms.neurogenesis import growth_plans, outlier_mask
+from engine.models.autoencoder import StackedAutoencoder, per_sample_error
+from engine.surgery import apply_plan
+from engine.telemetry.events import Sample
+
+MODES = ("base", "plasticity", "stability", "finetune")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images [b, D] to train on, and how: ``level`` 0 means the whole autoencoder."""
+
+    mode: str
+    level: int
+    x: Tensor
+
+
+def minibatches(x: Tensor, batch_size: int, epochs: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """``epochs`` shuffled passes over ``x`` [n, D] (shuffles drawn from ``gen``)."""
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        for i in range(0, len(x), batch_size):
+            yield x[perm[i:i + batch_size]]
+
+
+def make_optimizer(model: StackedAutoencoder, kind: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """One param group per level (its encoder and mirrored decoder), so levels get their own LR."""
+    groups = [{"params": model.level_parameters(level)} for level in range(1, model.levels + 1)]
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def plasticity_scales(model: StackedAutoencoder, level: int, added: list[int], slow: float,
+                      new_decoder: float) -> dict[nn.Parameter, Tensor]:
+    """Per-entry LR multipliers of level ``level`` in a plasticity phase.
+
+    Units added this stage are the last ``added[i]`` of each layer (growth
+    appends). Entries touching a new hidden unit of this level or a new input
+    unit (grown one level below) train at the full LR (the new hidden units'
+    decoder columns at ``new_decoder``); the old encoder is frozen (0) and the
+    old decoder trains at ``slow``.
+    """
+    i = level - 1
+    enc, dec = model.encoder[i], model.decoder[i]
+    n_h, n_in = enc.out_features, enc.in_features
+    new_h, new_in = added[i], (added[i - 1] if i > 0 else 0)
+    dev = enc.weight.device
+    enc_w = torch.zeros(n_h, n_in, device=dev)           # [h_L, h_{L-1}]
+    enc_w[n_h - new_h:, :] = 1.0
+    enc_w[:, n_in - new_in:] = 1.0
+    enc_b = torch.zeros(n_h, device=dev)
+    enc_b[n_h - new_h:] = 1.0
+    dec_w = torch.full((n_in, n_h), slow, device=dev)    # [h_{L-1}, h_L]
+    dec_w[:, n_h - new_h:] = new_decoder
+    dec_w[n_in - new_in:, :] = 1.0
+    dec_b = torch.full((n_in,), slow, device=dev)
+    dec_b[n_in - new_in:] = 1.0
+    return {enc.weight: enc_w, enc.bias: enc_b, dec.weight: dec_w, dec.bias: dec_b}
+
+
+def scaled_step(optimizer: torch.optim.Optimizer, scales: dict[nn.Parameter, Tensor]) -> None:
+    """An optimizer step whose update of each entry is multiplied by ``scales`` (0 = frozen).
+
+    Adam's and SGD's updates are linear in the LR, so this equals a per-entry
+    LR; frozen entries also get zero gradient so their moments take nothing in.
+    """
+    old = {p: p.detach().clone() for p in scales}
+    for p, s in scales.items():
+        if p.grad is not None:
+            p.grad.mul_((s > 0).to(p.grad.dtype))
+    optimizer.step()
+    with torch.no_grad():
+        for p, s in scales.items():
+            p.copy_(old[p] + s * (p - old[p]))
+
+
+def stack_loss(model: StackedAutoencoder, x: Tensor) -> Tensor:
+    """Mean over levels L of the MSE of the reconstruction through levels 1..L.
+
+    Whole-network training (base, fine-tuning) uses it so every level's
+    decoder reconstructs its own input (decoded and encoded codes agree):
+    the per-level thresholds and level-wise phases rely on that, as a stack
+    trained level by level would.
+    """
+    codes = model.encode(x)
+    losses = [((model.decode_from(h, level) - x) ** 2).mean() for level, h in enumerate(codes, 1)]
+    return torch.stack(losses).mean()
+
+
+def train_on(exp: Any, batch: Batch) -> tuple[float, float]:
+    """Forward, backward and (scaled) step of one batch; returns (loss, grad norm)."""
+    model, opt, fam, lr = exp.model, exp.optimizer, exp.fam, exp.cfg.train.lr
+    if not model.training:
+        model.train()
+    scales = None
+    if batch.level == 0:
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = stack_loss(model, batch.x)
+    else:
+        with torch.no_grad():
+            h_prev = model.code(batch.x, batch.level - 1)  # lower levels fixed: [b, h_{L-1}]
+        _, recon = model.level_forward(h_prev, batch.level)
+        loss = ((recon - h_prev) ** 2).mean()
+        opt.param_groups[batch.level - 1]["lr"] = lr * (fam.slow_lr_scale if batch.mode == "stability" else 1.0)
+        if batch.mode == "plasticity":
+            scales = plasticity_scales(model, batch.level, exp.stage_added, fam.slow_lr_scale,
+                                       fam.new_decoder_lr_scale)
+    value = float(loss.detach())
+    if value != value or abs(value) == float("inf"):
+        return value, 0.0
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    if scales is None:
+        opt.step()
+    else:
+        scaled_step(opt, scales)
+    return value, grad_norm
+
+
+def measure_level(exp: Any, level: int, x: Tensor) -> tuple[float, Tensor]:
+    """Outlier fraction of ``x`` at ``level`` and its outlier mask [n]; recorded and queued as samples."""
+    model = exp.model
+    model.eval()
+    errors = per_sample_error(model, x, level)
+    th = exp.thresholds.thresholds[level - 1]
+    mask = outlier_mask(errors, th)
+    frac = float(mask.float().mean()) if len(mask) else 0.0
+    name = f"encoder.{level - 1}"
+    exp.layer_error[level - 1], exp.outlier_frac[level - 1] = float(errors.mean()), frac
+    exp.pending.append((Sample("ndl_layer_reconstruction_error", (name,), float(errors.mean())),
+                        Sample("ndl_outlier_fraction_ratio", (name,), frac)))
+    return frac, mask
+
+
+def grow(exp: Any, level: int, count: int) -> None:
+    """Add ``count`` units to hidden layer ``level`` (encoder + mirrored decoder) via surgery."""
+    for plan in growth_plans(exp.model.level_paths(level), count, exp.fam.growth_init):
+        apply_plan(exp.model, exp.optimizer, plan, exp.gen)
+    exp.stage_added[level - 1] += count
+    exp.total_added[level - 1] += count
+    name = f"encoder.{level - 1}"
+    exp.pending.append((Sample("ndl_stage_neurons_added", (name,), float(exp.stage_added[level - 1])),
+                        Sample("ndl_neurons_added_total", (name,), float(exp.total_added[level - 1]))))
+
+
+def _phases(exp: Any, level: int, outliers: Tensor, mixed: Tensor) -> Iterator[Batch]:
+    fam, bs = exp.fam, exp.cfg.train.batch_size
+    for xb in minibatches(outliers, bs, fam.plasticity_epochs, exp.gen):
+        yield Batch("plasticity", level, xb)
+    for xb in minibatches(mixed, bs, fam.stability_epochs, exp.gen):
+        yield Batch("stability", level, xb)
+
+
+def run_stage(exp: Any, x_new: Tensor, replay: dict[int, Tensor]) -> Iterator[Batch]:
+    """The algorithm of one class stage for new-class training images ``x_new`` [n, D].
+
+    ``replay`` maps each earlier class to its replayed images (empty without replay).
+    """
+    fam, k = exp.fam, exp.model.levels
+    mixed = torch.cat([x_new, *replay.values()]) if replay else x_new
+    if not fam.neurogenesis:
+        for level in range(1, k + 1):
+            measure_level(exp, level, x_new)
+        for xb in minibatches(mixed, exp.cfg.train.batch_size, fam.finetune_epochs, exp.gen):
+            yield Batch("finetune", 0, xb)
+        return
+    gate = exp.gate
+    for level in range(1, k + 1):
+        frac, mask = measure_level(exp, level, x_new)
+        below_grew = level > 1 and exp.stage_added[level - 2] > 0
+        if below_grew and not gate.units_to_add(frac, exp.stage_added[level - 1]):
+            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed)
+            frac, mask = measure_level(exp, level, x_new)
+        while (count := gate.units_to_add(frac, exp.stage_added[level - 1])) > 0:
+            grow(exp, level, count)
+            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed)
+            frac, mask = measure_level(exp, level, x_new)

@@ -1,0 +1,236 @@
+"""The ``neurogenesis`` family: Draelos et al. 2017, class-incremental stacked autoencoder.
+
+Phase ``base`` (``base_epochs`` epochs) trains the autoencoder on the base
+classes (clean inputs). At its end the per-level outlier thresholds are
+measured and stored and replay statistics fitted. Phase ``incremental`` has
+one epoch per new class (a *stage*): :func:`engine.experiments._ndl_stage.run_stage`
+yields the stage's batches lazily (growth, plasticity and stability phases,
+or fine-tuning), then ``end_epoch`` evaluates every seen class on held-out
+data, records its baseline, refreshes the replay statistics of all classes
+(they follow the grown network: from each class's training images encoded
+anew by default; ``stats_source`` replay re-encodes the replayed images
+instead, keeping no old data) and extends the forgetting matrix.
+
+Variants: ``neurogenesis`` x ``replay`` -> CL, CL+IR, NDL, NDL+IR (default).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from engine.config import RunConfig
+from engine.data.images import load_images, stratified_split
+from engine.experiments._ndl_config import NeurogenesisConfig
+from engine.experiments._ndl_report import class_samples, stage_samples, write_all
+from engine.experiments._ndl_stage import Batch, make_optimizer, minibatches, run_stage, train_on
+from engine.experiments.base import EpochReport, StepResult
+from engine.mechanisms.neurogenesis import GrowthGate, ThresholdStore
+from engine.mechanisms.replay import ClassGaussians
+from engine.models.autoencoder import StackedAutoencoder, per_sample_error
+from engine.registry import register_experiment
+from engine.telemetry.events import LayerSignal, MetricSamples, Sample
+
+__all__ = ["NeurogenesisConfig", "NeurogenesisExperiment"]
+
+
+@register_experiment("neurogenesis", NeurogenesisConfig,
+                     "Neurogenesis deep learning + intrinsic replay on a class-incremental autoencoder",
+                     train_defaults={"optimizer": "adam", "lr": 3e-3, "batch_size": 32})
+class NeurogenesisExperiment:
+    """Model, optimizer, data, neurogenesis and replay state of one run."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        fam: NeurogenesisConfig = cfg.family
+        self.cfg, self.fam, self.device = cfg, fam, device
+        seed = cfg.train.seed
+        images = load_images(fam.data, seed)
+        fam.check_data_classes(images.classes)
+        self.images, self.shape = images, images.shape
+        self.base_classes, self.order = fam.base(), fam.order()
+        self.all_classes = self.base_classes + self.order
+        keep = np.isin(images.y, self.all_classes)
+        x, y = images.x[keep], images.y[keep]
+        tr, te = stratified_split(y, fam.heldout_frac, seed)
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        self.x_train, self.y_train, self.x_test, self.y_test = to(x[tr]), to(y[tr]), to(x[te]), to(y[te])
+        self.variant = ("NDL" if fam.neurogenesis else "CL") + ("+IR" if fam.replay else "")
+        torch.manual_seed(seed)  # same seed -> same initial weights and base for every variant
+        self.gen = torch.Generator().manual_seed(seed)
+        self._build(fam.sizes())
+        self.gate = GrowthGate(fam.max_outlier_fraction, fam.units_per_step, fam.growth_cap)
+        self.thresholds = ThresholdStore()
+        self.stats = ClassGaussians(fam.cov_shrinkage)
+        k = self.model.levels
+        self.stage, self.current_class = 0, -1
+        self.seen: list[int] = list(self.base_classes)
+        self.stage_added, self.total_added = [0] * k, [0] * k
+        self.layer_error, self.outlier_frac = [0.0] * k, [0.0] * k
+        self.baselines: dict[int, float] = {}
+        self.history: list[dict[str, Any]] = []  # one entry per completed stage (0 = base)
+        self.replay_total = 0
+        self.pending: list[tuple[Sample, ...]] = []
+        self._pool: dict[int, torch.Tensor] = {}
+        self._step = self._epoch = 0  # trainer position, for the step/epoch of samples
+
+    def _build(self, sizes: list[int]) -> None:
+        self.model = StackedAutoencoder(self.x_train.shape[1], sizes, self.fam.ae_activation).to(self.device)
+        tc = self.cfg.train
+        self.optimizer = make_optimizer(self.model, tc.optimizer, tc.lr, tc.momentum)
+
+    # -- schedule and data -------------------------------------------------------
+    def phases(self) -> list[tuple[str, int]]:
+        """Base training, then one epoch per new class."""
+        return [("base", self.fam.base_epochs), ("incremental", len(self.order))]
+
+    def _train_x(self, classes: list[int]) -> torch.Tensor:
+        return self.x_train[torch.isin(self.y_train, torch.tensor(classes, device=self.device))]
+
+    def batches(self, epoch: int, phase: str) -> Iterator[Batch]:
+        """Base: shuffled passes over base data. Incremental: the stage's algorithm, lazily."""
+        self._epoch = epoch
+        if phase == "base":
+            for xb in minibatches(self._train_x(self.base_classes), self.cfg.train.batch_size, 1, self.gen):
+                yield Batch("base", 0, xb)
+            return
+        self.stage = epoch - self.fam.base_epochs + 1
+        self.current_class = self.order[self.stage - 1]
+        self.stage_added = [0] * self.model.levels
+        x_new = self._train_x([self.current_class])
+        self.pending.append(tuple(stage_samples(self)))
+        replay = self._replay_pool(len(x_new))
+        self._pool = replay
+        yield from run_stage(self, x_new, replay if self.fam.replay else {})
+
+    @torch.no_grad()
+    def _replay_pool(self, n_new: int) -> dict[int, torch.Tensor]:
+        """Decoded samples per earlier class, drawn before the stage changes the network.
+
+        Trained on with replay on; with ``stats_source`` replay they also
+        refresh the earlier classes' statistics after the stage.
+        """
+        fam = self.fam
+        if not fam.replay and fam.stats_source == "data":
+            return {}
+        n = max(round(fam.replay_ratio * n_new) if fam.replay else n_new, 2)
+        self.model.eval()
+        pool = {c: self.model.decode_from(self.stats.sample(c, n, self.gen).to(self.device))
+                for c in self.stats.classes}
+        if self.fam.replay and self.fam.replay_ratio > 0:
+            self.replay_total += n * len(pool)
+        return pool
+
+    # -- training -----------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> StepResult:
+        """One step of the batch's phase; queued measurements and periodic evaluation go out as events."""
+        loss, grad_norm = train_on(self, batch)
+        self._step = step + 1
+        samples: list[Sample] = [s for group in self.pending for s in group]
+        self.pending.clear()
+        if self.fam.eval_every and (step + 1) % self.fam.eval_every == 0:
+            samples += class_samples(self._class_errors(), self.baselines)
+            samples.append(Sample("ndl_replay_samples_total", (), float(self.replay_total)))
+        events: list[Any] = [MetricSamples(step + 1, self._epoch, tuple(samples))] if samples else []
+        return StepResult(loss, len(batch.x), grad_norm, events)
+
+    @torch.no_grad()
+    def _class_errors(self) -> dict[int, float]:
+        """Held-out reconstruction MSE of every seen class."""
+        self.model.eval()
+        return {c: float(per_sample_error(self.model, self.x_test[self.y_test == c]).mean()) for c in self.seen}
+
+    # -- end of epoch: evaluation, thresholds, replay statistics ------------------
+    @torch.no_grad()
+    def _fit_stats(self, pool: dict[int, torch.Tensor]) -> None:
+        for c, x in pool.items():
+            self.stats.fit(c, self.model.code(x))
+
+    @torch.no_grad()
+    def end_epoch(self, epoch: int, phase: str) -> EpochReport:
+        """Evaluate; after the last base epoch or a stage: thresholds/baselines/stats/history."""
+        self.model.eval()
+        last_base = phase == "base" and epoch == self.fam.base_epochs - 1
+        if phase == "incremental":
+            self.seen.append(self.current_class)
+        errors = self._class_errors()
+        if last_base:
+            x_base = self._train_x(self.base_classes)
+            per_level = [per_sample_error(self.model, x_base, lv) for lv in range(1, self.model.levels + 1)]
+            self.thresholds.measure(per_level, self.fam.outlier_percentile)
+            self.layer_error = [float(e.mean()) for e in per_level]
+            self.outlier_frac = [float((e > t).float().mean()) for e, t in zip(per_level, self.thresholds.thresholds)]
+            self._fit_stats({c: self._train_x([c]) for c in self.base_classes})
+            self.baselines.update({c: errors[c] for c in self.base_classes})
+        elif phase == "incremental":
+            if self.fam.stats_source == "data":
+                pool = {c: self._train_x([c]) for c in self.seen}
+            else:
+                pool = {**self._pool, self.current_class: self._train_x([self.current_class])}
+            self._fit_stats(pool)
+            self.baselines[self.current_class] = errors[self.current_class]
+        if last_base or phase == "incremental":
+            self.history.append({"stage": self.stage, "learned": self.current_class,
+                                 "errors": {str(c): e for c, e in errors.items()},
+                                 "sizes": self.model.sizes(), "added": list(self.stage_added)})
+        queued = [s for group in self.pending for s in group]  # measured after the stage's last step
+        self.pending.clear()
+        samples = queued + class_samples(errors, self.baselines) + stage_samples(self)
+        x_probe = self.x_test[torch.isin(self.y_test, torch.tensor(self.seen, device=self.device))]
+        layers = tuple(LayerSignal(f"encoder.{i}", "activation_abs_mean", h.abs().mean(0).cpu().numpy())
+                       for i, h in enumerate(self.model.encode(x_probe)))
+        metrics = {"val_loss": float(np.mean(list(errors.values()))), "stage": float(self.stage),
+                   "replay_samples": float(self.replay_total),
+                   **{f"units_encoder_{i}": float(n) for i, n in enumerate(self.model.sizes())}}
+        if phase == "incremental":
+            metrics["newest_class_error"] = errors[self.current_class]
+            earlier = [errors[c] - self.baselines[c] for c in self.seen[:-1]]
+            metrics["mean_forgetting"] = float(np.mean(earlier)) if earlier else 0.0
+        return EpochReport(metrics, [MetricSamples(self._step, epoch, tuple(samples))], layers=layers)
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def parameter_count(self) -> int:
+        """All autoencoder parameters (grows with neurogenesis)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def learning_rate(self) -> float:
+        """The configured main learning rate (phases scale it per level)."""
+        return float(self.cfg.train.lr)
+
+    def manifest(self) -> dict[str, Any]:
+        """The data that went in (with its checksum), split sizes and class order."""
+        return {**self.images.manifest(), "train_samples": int(len(self.y_train)),
+                "heldout_samples": int(len(self.y_test)), "base_classes": self.base_classes,
+                "class_order": self.order, "variant": self.variant}
+
+    def write_artifacts(self, directory: Any) -> None:
+        """Forgetting matrix, growth, thresholds, image grids and error curves."""
+        write_all(self, directory)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly: architecture, weights, optimizer, mechanisms, generator."""
+        return {"sizes": self.model.sizes(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
+                "thresholds": self.thresholds.state_dict(), "stats": self.stats.state_dict(),
+                "stage": self.stage, "current_class": self.current_class, "seen": list(self.seen),
+                "stage_added": list(self.stage_added), "total_added": list(self.total_added),
+                "layer_error": list(self.layer_error), "outlier_frac": list(self.outlier_frac),
+                "baselines": dict(self.baselines), "history": list(self.history),
+                "replay_total": self.replay_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the model at the checkpoint's (grown) sizes, then restore everything."""
+        self._build([int(s) for s in state["sizes"]])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.thresholds.load_state_dict(state["thresholds"])
+        self.stats.load_state_dict(state["stats"])
+        self.stage, self.current_class = int(state["stage"]), int(state["current_class"])
+        self.seen = [int(c) for c in state["seen"]]
+        self.stage_added, self.total_added = list(state["stage_added"]), list(state["total_added"])
+        self.layer_error, self.outlier_frac = list(state["layer_error"]), list(state["outlier_frac"])
+        self.baselines = {int(c): float(v) for c, v in state["baselines"].items()}
+        self.history = list(state["history"])
+        self.replay_total = int(state["replay_total"])

@@ -1,0 +1,168 @@
+"""Every panel query of the family dashboards returns data from a real Prometheus
+that scraped a real short run of that family.
+
+One Prometheus (the shipped config and rules, 1 s scrape and evaluation, two
+static ``engine`` targets) scrapes a tiny ``neurogenesis`` run (8x8 digits,
+base classes 1 and 7, one new class, growth and replay on) and a tiny
+``plasticity`` run (6 permuted-digit tasks, continual backprop) running side
+by side. Each dashboard's queries are executed the way Grafana sends them
+(:func:`monitoring.dashboards.substitute` with the run's ``run_id``, job
+``engine``, ``$__rate_interval`` = 4 s) as range queries over the run's
+lifetime, and each must return at least one finite value. Template variables
+must list the run and its layers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
+from binaries import require_binary
+from conftest import free_port
+from test_e2e_alerting import FAST, QUIET, get_json, query
+
+from monitoring import stack as ms
+from monitoring.dashboards import (
+    FAMILY_DASHBOARDS,
+    panel_queries,
+    substitute,
+    variable_queries,
+)
+
+RATE_INTERVAL = "4s"  # Grafana: 4 x the 1 s scrape interval
+COMMON = [*QUIET, "--threads", "1", "--dataset", "digits8", "--metrics_hold", "60"]
+#: Small, fast settings of each family (a few seconds of training each).
+RUNS: dict[str, list[str]] = {
+    "neurogenesis": ["--experiment", "neurogenesis", "--base_epochs", "3", "--class_order", "0",
+                     "--plasticity_epochs", "2", "--stability_epochs", "2", "--eval_every", "5"],
+    "plasticity": ["--experiment", "plasticity", "--n_tasks", "6", "--hidden_units", "16", "--hidden_layers", "2",
+                   "--diagnostics_every", "20", "--probe_size", "200", "--mechanism", "cbp"],
+}
+
+
+@dataclass
+class ScrapedRun:
+    prometheus: str
+    run_id: str
+    start: float  # unix seconds: the run was started
+    end: float  # unix seconds: the run's final state was scraped
+
+
+def _dashboard(uid: str) -> dict[str, Any]:
+    return dict(json.loads((ROOT / "grafana" / "dashboards" / f"{uid}.json").read_text()))
+
+
+def _run_id(output_dir: Path, proc: Proc) -> str:
+    """run_id of the single run under ``output_dir`` (waits for its metrics.json)."""
+    run_dir = wait_for("the run dir", partial(run_dir_in, output_dir), timeout=60, proc=proc)
+    path = run_dir / "metrics.json"
+    return str(wait_for("the run_id", lambda: (read_json(path) or {}).get("run_id"), timeout=60, proc=proc))
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ScrapedRun]]:
+    """Both family runs, started together and scraped every second until their final state."""
+    require_binary("prometheus")
+    require_binary("prometheus-alertmanager")
+    tmp = tmp_path_factory.mktemp("family_dashboards")
+    ports = {family: free_port() for family in RUNS}
+    workdir = tmp / "stack"
+    procs: dict[str, Proc] = {}
+    try:
+        services = {s.name: s for s in ms.start_local(
+            workdir, prometheus_port=free_port(), alertmanager_port=free_port(),
+            engine_targets=[f"127.0.0.1:{p}" for p in ports.values()], file_sd_dir=tmp / "file_sd",
+            ready_timeout=30, scrape_interval=FAST["scrape_interval"],
+            evaluation_interval=FAST["evaluation_interval"], group_wait=FAST["group_wait"],
+            group_interval=FAST["group_interval"], resend_delay=FAST["resend_delay"])}
+        prom = services["prometheus"].url
+        # Wait for the targets' first (failed) scrapes so each run is scraped from its start.
+        wait_for("both engine targets scraped", lambda: len(query(prom, 'up{job="engine"}')) == 2,
+                 timeout=20, interval=0.2)
+        begin = time.time()
+        for family, args in RUNS.items():
+            procs[family] = start([*args, *COMMON, "--output_dir", str(tmp / family),
+                                   "--metrics_port", str(ports[family])], tmp / f"logs_{family}")
+        runs: dict[str, ScrapedRun] = {}
+        for family, proc in procs.items():
+            run_id = _run_id(tmp / family, proc)
+            selector = f'plasticity_run_status{{job="engine", run_id="{run_id}", status="finished"}} == 1'
+            wait_for(f"the finished {family} run scraped", partial(query, prom, selector), timeout=120,
+                     interval=0.2, proc=proc)
+            runs[family] = ScrapedRun(prom, run_id, begin, time.time())
+        yield runs
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        ms.stop_local(workdir)
+
+
+def _queries() -> list[tuple[str, str, str, str]]:
+    """(family, dashboard uid, panel title, expr) of every panel query of the family dashboards."""
+    return [(family, uid, title, expr) for uid, family in FAMILY_DASHBOARDS.items()
+            for _u, title, expr in panel_queries(_dashboard(uid))]
+
+
+QUERIES = _queries()
+
+
+def query_range(prometheus: str, expr: str, start: float, end: float) -> dict[str, Any]:
+    params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"})
+    return dict(get_json(prometheus, f"/api/v1/query_range?{params}"))
+
+
+def finite_points(result: list[dict[str, Any]]) -> int:
+    return sum(math.isfinite(float(v)) for s in result for _t, v in s["values"])
+
+
+def test_family_dashboards_have_queries() -> None:
+    assert set(FAMILY_DASHBOARDS.values()) == set(RUNS)
+    for uid in FAMILY_DASHBOARDS:
+        assert len([q for q in QUERIES if q[1] == uid]) >= 15, uid
+
+
+def test_every_family_panel_query_returns_data(scraped: dict[str, ScrapedRun]) -> None:
+    """All panel queries in one test: one shared pair of runs, and one report of every empty panel."""
+    empty = []
+    for family, uid, title, expr in QUERIES:
+        run = scraped[family]
+        promql = substitute(expr, {"run": run.run_id, "job": "engine", "__rate_interval": RATE_INTERVAL})
+        doc = query_range(run.prometheus, promql, run.start, run.end)
+        assert doc["status"] == "success", (uid, title, doc)
+        if finite_points(doc["data"]["result"]) == 0:
+            empty.append(f"{uid} / {title}: {promql}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    # The check can fail: the same queries for the other family's run are empty
+    # (each dashboard charts its own family's metrics).
+    other = {"neurogenesis": "plasticity", "plasticity": "neurogenesis"}
+    for family, uid, title, expr in QUERIES:
+        if "ndl_" in expr or "layer_effective_rank" in expr:
+            run = scraped[other[family]]
+            promql = substitute(expr, {"run": run.run_id, "job": "engine", "__rate_interval": RATE_INTERVAL})
+            assert finite_points(query_range(run.prometheus, promql, run.start, run.end)["data"]["result"]) == 0, \
+                (uid, title)
+
+
+def test_template_variables_list_the_run_and_its_layers(scraped: dict[str, ScrapedRun]) -> None:
+    layers = {"neurogenesis": "encoder.", "plasticity": "layers."}
+    for uid, family in FAMILY_DASHBOARDS.items():
+        run = scraped[family]
+        values: dict[str, list[str]] = {}
+        for name, text in variable_queries(_dashboard(uid)):
+            inner = substitute(text, {"job": "engine", "sweep": ".*", "run": run.run_id})
+            selector, label = (p.strip() for p in inner.removeprefix("label_values(").removesuffix(")").rsplit(",", 1))
+            params = urllib.parse.urlencode({"match[]": selector, "start": f"{run.start:.3f}"})
+            doc = get_json(run.prometheus, f"/api/v1/label/{label}/values?{params}")
+            assert doc["status"] == "success", doc
+            values[name] = doc["data"]
+        assert values["job"] == ["engine"] and run.run_id in values["run"], (uid, values)
+        assert values["layer"] and all(v.startswith(layers[family]) for v in values["layer"]), (uid, values)
