@@ -181,3 +181,15 @@ def test_class_errors_are_also_measured_during_training(runs: Runs) -> None:
     periodic = {r["step"] for r in rows} - epoch_end_steps
     assert len(periodic) >= 3, sorted({r["step"] for r in rows})
     assert all(0 < r["value"] < 1 for r in rows)
+
+
+def test_series_count_stays_within_the_family_budget(runs: Runs) -> None:
+    from engine.telemetry.catalog import series_budget
+
+    ours_names = {n for spec in CATALOG if spec.applies_to("neurogenesis") for n in exposition_names(spec)}
+    # 2 levels (hidden_sizes 16,8), classes 1, 7 and 0; results, console, prometheus; base + incremental.
+    budget = series_budget(0, 2, 3, 3, "neurogenesis", n_classes=3, n_phases=2)
+    for s in runs.during + [runs.final]:
+        ours = [k for k in s.samples if k[0] in ours_names]
+        assert len(ours) <= budget, (len(ours), budget)
+    assert len([k for k in runs.final.samples if k[0] in ours_names]) > budget // 2

@@ -87,3 +87,14 @@ def test_family_values_are_sensible(live: Live) -> None:
     assert tasks == sorted(tasks)
     samples = (live.run_dir / "samples.jsonl").read_text()
     assert "layer_effective_rank" in samples
+
+
+def test_series_count_stays_within_the_family_budget(live: Live) -> None:
+    from engine.telemetry.catalog import series_budget
+
+    # results + prometheus sinks (console off, no TensorBoard); 3 layers; one phase.
+    budget = series_budget(0, len(LAYERS), 3, 2, "plasticity", n_phases=1)
+    for s in live.during + [live.final]:
+        ours = [k for k in s.samples if k[0] in FAMILY]
+        assert len(ours) <= budget, (len(ours), budget)
+    assert len([k for k in live.final.samples if k[0] in FAMILY]) > budget // 2  # the bound is not vacuous

@@ -184,8 +184,8 @@ class PlasticityExperiment:
 
     def _unit_signals(self) -> dict[str, list[np.ndarray]]:
         _, acts = self.model(self.stream.probe(self.probe_n), hidden=True)
-        out = {"activation_abs_mean": [h.abs().mean(0).numpy() for h in acts],
-               "redo_score": [redo_scores(h).numpy() for h in acts]}
+        out = {"activation_abs_mean": [h.abs().mean(0).cpu().numpy() for h in acts],
+               "redo_score": [redo_scores(h).cpu().numpy() for h in acts]}
         if self.mech is not None and hasattr(self.mech, "util"):
             out.update(self.mech.unit_signals())
         return out
@@ -211,7 +211,7 @@ class PlasticityExperiment:
                     "probe_samples": self.probe_n, **self._images_manifest}
         s = self.stream
         assert isinstance(s, SlowRegression)
-        blob = torch.cat([s.w_target.flatten(), s.theta, s.v_target]).numpy().tobytes()
+        blob = torch.cat([s.w_target.flatten(), s.theta, s.v_target]).cpu().numpy().tobytes()
         return {"stream": fam.stream, "tasks": fam.n_tasks, "n_bits": fam.n_bits, "slow_bits": fam.slow_bits,
                 "task_samples": fam.task_samples, "target_units": fam.target_units,
                 "target_beta": fam.target_beta, "probe_samples": self.probe_n,

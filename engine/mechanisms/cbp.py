@@ -46,9 +46,10 @@ class ContinualBackprop:
         self.utility, self.init = utility, init
         self._lin = [(model.get_submodule(a), model.get_submodule(b)) for a, b in pairs]
         sizes = [lin.out_features for lin, _ in self._lin]
-        self.util = [torch.zeros(n) for n in sizes]       # [n] contribution utility
-        self.mean_act = [torch.zeros(n) for n in sizes]   # [n] running mean activation (biased)
-        self.age = [torch.zeros(n, dtype=torch.long) for n in sizes]  # [n] steps since (re)init
+        dev = self._lin[0][0].weight.device if self._lin else torch.device("cpu")  # next to h (CUDA too)
+        self.util = [torch.zeros(n, device=dev) for n in sizes]      # [n] contribution utility
+        self.mean_act = [torch.zeros(n, device=dev) for n in sizes]  # [n] running mean activation (biased)
+        self.age = [torch.zeros(n, dtype=torch.long, device=dev) for n in sizes]  # [n] steps since (re)init
         self.counter = [0.0] * len(sizes)                 # fractional replacement counters
         self.replaced_total = [0] * len(sizes)
 
@@ -111,7 +112,7 @@ class ContinualBackprop:
 
     def unit_signals(self) -> dict[str, list[np.ndarray]]:
         """Per-unit bias-corrected utilities, per hidden layer."""
-        return {"cbp_utility": [u.numpy().copy() for u in self.bias_corrected_utility()]}
+        return {"cbp_utility": [u.cpu().numpy().copy() for u in self.bias_corrected_utility()]}
 
     def state_dict(self) -> dict[str, Any]:
         """Utilities, mean activations, ages, counters and totals."""

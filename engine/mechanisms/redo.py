@@ -47,7 +47,7 @@ class ReDo:
             return []
         out: list[ReinitUnits] = []
         for i, ((path, next_path), h) in enumerate(zip(self.pairs, probe())):
-            self.last_scores[i] = redo_scores(h).numpy().copy()
+            self.last_scores[i] = redo_scores(h).cpu().numpy().copy()
             idx = dormant_units(h, self.tau)
             if idx:
                 out.append(ReinitUnits(path, next_path, idx, zero_outgoing=True, init=self.init))
