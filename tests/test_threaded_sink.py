@@ -80,3 +80,34 @@ def test_close_reports_a_failure_on_the_last_event(caplog: Any) -> None:
     bus.publish(RunEnded("r", "finished"))
     bus.close()
     assert "upload failed" in caplog.text
+
+
+def test_flush_reports_a_failure_on_the_last_event_before_the_end() -> None:
+    # A sink that fails on the very last event would otherwise only be logged at
+    # close, after the run's final state was served (sink_errors_total 0).
+    bus = EventBus()
+    failed: list[SinkFailed] = []
+    bus.subscribe(SinkFailed, failed.append)
+    bus.attach(ThreadedSink(Recorder(fail_on=3)))
+    for i in range(1, 4):
+        bus.publish(step(i))
+    bus.flush(timeout=5)
+    assert [f.sink for f in failed] == ["recorder"] and "disk full" in failed[0].error
+    bus.flush(timeout=5)  # reported once, and the disabled sink is not flushed again
+    assert len(failed) == 1
+    bus.close()
+
+
+def test_flush_of_a_healthy_sink_waits_for_its_queue() -> None:
+    gate = threading.Event()
+    inner = Recorder()
+    original = inner.on_step
+    inner.on_step = lambda e: (gate.wait(5), original(e))  # type: ignore[method-assign]
+    sink = ThreadedSink(inner)
+    bus = EventBus()
+    bus.attach(sink)
+    bus.publish(step(1))
+    threading.Timer(0.2, gate.set).start()
+    bus.flush(timeout=5)
+    assert [s for s, _ in inner.seen] == [1]  # handled before flush returned
+    bus.close()

@@ -143,6 +143,7 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
         try:
             with stop_on_signals(trainer):
                 outcome = trainer.run()
+            bus.flush()  # failures of threaded sinks on the last events are counted before the end is served
         except Exception as exc:
             log.exception("run failed")
             outcome = Outcome("failed", trainer.final_metrics(), f"{type(exc).__name__}: {exc}")

@@ -71,6 +71,16 @@ class EventBus:
         log.error("telemetry sink %r failed and is disabled for this run: %s", name, exc)
         self.publish(SinkFailed(sink=name, error=f"{type(exc).__name__}: {exc}"))
 
+    def flush(self, timeout: float = 10.0) -> None:
+        """Let sinks that buffer (threaded ones) catch up, reporting failures they hit."""
+        for sink in self._sinks:
+            flush = getattr(sink, "flush", None)
+            if callable(flush) and sink.name not in self._disabled:
+                try:
+                    flush(timeout)
+                except Exception as exc:  # noqa: BLE001 - isolation is the point
+                    self._fail(sink.name, exc)
+
     def close(self) -> None:
         """Close every sink; a failing close is logged, never raised."""
         for sink in self._sinks:

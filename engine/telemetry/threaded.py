@@ -48,11 +48,28 @@ class ThreadedSink:
             raise self.error  # surfaces on the publishing thread, where the bus handles it
         self._queue.put((fn, event))
 
+    def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for the queued events; raise a failure not yet reported.
+
+        Called before the run's final state is served, so a sink that fails on
+        the last events (e.g. a tracking server that was never reachable, on a
+        run shorter than its first request) is still reported and counted.
+        """
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+        if self.error is not None and not self._reported:
+            self._reported = True
+            raise self.error
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if isinstance(item, threading.Event):  # a flush marker: everything before it is handled
+                item.set()
+                continue
             if self.error is None:  # after a failure, drain without calling the sink
                 fn, event = item
                 try:
