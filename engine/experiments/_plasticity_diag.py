@@ -38,6 +38,8 @@ class ProbeDiagnostics:
 
     def add_grad_norms(self, norms: Tensor) -> None:
         """Accumulate one step's per-layer weight-gradient norms [layers] (no sync)."""
+        if self.grad_sum.device != norms.device:  # follows the model (CUDA), once
+            self.grad_sum = self.grad_sum.to(norms.device)
         self.grad_sum += norms
         self.grad_steps += 1
 

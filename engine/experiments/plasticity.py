@@ -91,8 +91,9 @@ class PlasticityExperiment:
         return 4096
 
     def _reset_online(self) -> None:
-        self._loss_sum = torch.zeros((), dtype=torch.float64)  # summed per-sample online loss
-        self._correct = torch.zeros((), dtype=torch.long)
+        # On the model's device, so accumulating needs no per-step host sync.
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed per-sample online loss
+        self._correct = torch.zeros((), dtype=torch.long, device=self.device)
         self._seen = 0
 
     # -- schedule and data ---------------------------------------------------------

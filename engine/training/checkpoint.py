@@ -49,7 +49,13 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any] | Non
     if not path.exists():
         return None
     # weights_only=False: the payload holds our own RNG tuples and numpy state.
-    payload = torch.load(path, map_location=device, weights_only=False)
+    # Device tensors go to ``device``; CPU tensors stay on the CPU, because RNG
+    # and generator states (torch.set_rng_state, Generator.set_state) and
+    # CPU-side mechanism statistics must be CPU tensors (a plain
+    # map_location=device would move them to CUDA and break a GPU resume).
+    target = str(device)
+    mapping = {f"cuda:{i}": target for i in range(64)}
+    payload = torch.load(path, map_location=mapping, weights_only=False)
     if payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {payload.get('format')!r}, expected {FORMAT_VERSION}")
     return payload
