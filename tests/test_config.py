@@ -89,3 +89,13 @@ def test_a_flag_shared_by_families_has_one_type() -> None:
             ann = field_info(name, key).annotation
             first = seen.setdefault(key, (name, ann))
             assert first[1] == ann, (key, first, (name, ann))
+
+
+def test_help_shows_each_familys_default_where_they_differ() -> None:
+    from click.testing import CliRunner
+
+    from engine.cli.main import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["--help"], terminal_width=400).output.split())
+    assert "[default: neurogenesis: 0.2, plasticity: 0.1] (neurogenesis, plasticity only)" in text  # heldout_frac
+    assert "[default: 0.003; neurogenesis: 0.003, plasticity: 0.1]" in text  # lr: family train defaults

@@ -26,13 +26,16 @@ def _click_type(annotation: Any) -> Any:
 
 def _option(key: str, experiment: str) -> Callable[[Any], Any]:
     info = field_info(experiment, key)
-    default = info.get_default(call_default_factory=True)
-    helptext = f"{info.description or key} [default: {default}"
+    owners = [n for n in experiment_names() if key in flat_fields(n)]
+    defaults = {n: field_info(n, key).get_default(call_default_factory=True) for n in owners}
+    if len(set(map(str, defaults.values()))) > 1:  # a family key whose default differs by family
+        helptext = f"{info.description or key} [default: " + ", ".join(f"{n}: {v}" for n, v in defaults.items())
+    else:
+        helptext = f"{info.description or key} [default: {defaults[experiment]}"
     # Families may override shared train defaults (e.g. SGD for the plasticity streams).
     others = [f"{n}: {get_experiment(n).train_defaults[key]}" for n in experiment_names()
               if key in get_experiment(n).train_defaults]
     helptext += f"; {', '.join(others)}]" if others else "]"
-    owners = [n for n in experiment_names() if key in flat_fields(n)]
     if len(owners) < len(experiment_names()):  # shared keys (train, telemetry) say nothing
         helptext += f" ({', '.join(owners)} only)"
     if info.annotation is bool:
