@@ -41,6 +41,30 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(
         1, ge=0, description="Epochs between atomic checkpoints (0 disables)."
     )
+    # -- divergence: the trainer's own checks, the same for every family ----------
+    on_diverge: Literal["stop", "rollback"] = Field(
+        "stop", description="On a non-finite loss: stop (status diverged), or roll back to the last "
+        "good checkpoint, scale the learning rate by rollback_lr_factor and continue.")
+    max_rollbacks: int = Field(
+        3, ge=1, le=100, description="Rollbacks allowed before the run ends diverged (on_diverge rollback).")
+    rollback_lr_factor: float = Field(
+        0.5, gt=0, lt=1, description="Learning-rate multiplier applied at each rollback.")
+    explode_factor: float = Field(
+        5.0, gt=1, le=1e6, description="An epoch's mean train loss above this multiple of its baseline "
+        "(the lower of the loss at initialisation and the phase's best epoch) is an exploding evaluation.")
+    explode_patience: int = Field(
+        1, ge=0, le=10000, description="Consecutive exploding evaluations that mark the loss as "
+        "exploding (exported and alerted on; 0 disables).")
+    # -- fault drills: every family has them, applied by the trainer ----------------
+    fault_nan_step: int = Field(
+        -1, ge=-1, description="Fault drill: make the loss of this step NaN (-1 off; fires once per process).")
+    fault_exception_step: int = Field(
+        -1, ge=-1, description="Fault drill: raise an exception at this step (status failed; -1 off).")
+    fault_lr_scale_step: int = Field(
+        -1, ge=-1, description="Fault drill: multiply every learning rate by fault_lr_scale at this "
+        "step, so the loss blows up (-1 off).")
+    fault_lr_scale: float = Field(
+        1000.0, gt=0, le=1e9, description="Learning-rate multiplier of the fault_lr_scale_step drill.")
 
 
 class TelemetryConfig(Section):
@@ -56,11 +80,13 @@ class TelemetryConfig(Section):
         False, description="If the metrics port is busy, take the next free one."
     )
     metrics_linger: float = Field(
-        15.0,
+        30.0,
         ge=0,
         le=86400,
-        description="Seconds the endpoint keeps serving final values after the run "
-        "(ends early once a scrape has seen them; skipped if never scraped).",
+        description="Most seconds the endpoint keeps serving the final values after the run, "
+        "until one scrape has seen them. A run that ended diverged, failed or interrupted always "
+        "waits (even if never scraped yet), so the default is twice the longest scrape interval "
+        "shipped (15 s); a healthy finish waits only if something was scraping it.",
     )
     metrics_hold: float = Field(
         0.0, ge=0, le=86400,

@@ -172,7 +172,8 @@ def overview() -> db.Dashboard:
             .description("One row per run: identity, status, phase, progress, accuracy, heartbeat age.")
             .datasource(DS).unit("none").span(24).height(8)
             .targets([
-                _q(f"max by (run_id, experiment, device, sweep, trial) ({sel('run_info')})", ref="A", instant=True),
+                _q(f"max by (run_id, config_hash, experiment, device, sweep, trial) ({sel('run_info')})", ref="A",
+                   instant=True),
                 _q(f"max by (run_id, status) ({sel('run_status')} == 1)", ref="B", instant=True),
                 _q(f"{by_run} ({sel('training_progress_ratio')})", ref="C", instant=True),
                 _q(f"{by_run} ({sel('val_accuracy_ratio')})", ref="D", instant=True),
@@ -199,7 +200,10 @@ def overview() -> db.Dashboard:
               .with_target(_q(f"sum by (alertname, severity, run_id, sweep, trial) ({alerts})", instant=True))
               .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
                   "excludeByName": {"Time": True, "Value": True}})))
+    rollbacks = (db.AnnotationQuery().name("Rollbacks").datasource(DS).enable(True).icon_color("orange")
+                 .expr(f"changes({sel('rollbacks_total')}[$__rate_interval]) > 0"))
     return (_base(UIDS[0], "Plasticity / Overview", "Runs and sweep trials at a glance.")
+            .annotation(rollbacks)
             .with_row(db.Row("Runs"))
             .with_panel(runs)
             .with_panel(_stat("Firing alerts (count)", "none", _q(f"count({alerts}) or vector(0)"),
@@ -231,7 +235,21 @@ def overview() -> db.Dashboard:
                             "Steps whose loss was NaN or infinite (any value above 0 means the run diverged).", w=6)
                         .thresholds(_thresholds((None, "green"), (1, "red"))))
             .with_panel(_ts("Progress", "percentunit", [_q(sel("training_progress_ratio"), LEGEND_RUN)],
-                            "Epochs completed over epochs planned.", w=6, lo=0, hi=1)))
+                            "Epochs completed over epochs planned.", w=6, lo=0, hi=1))
+            .with_row(db.Row("Divergence"))
+            .with_panel(_ts("Loss over its baseline", "none",
+                            [_q(sel("train_loss_baseline_ratio"), "ratio " + LEGEND_RUN, "A")],
+                            "Each epoch's mean train loss over the lower of the loss at initialisation and the "
+                            "phase's best epoch; above the run's explode_factor (default 5) it counts as an "
+                            "exploding evaluation.", w=8))
+            .with_panel(_ts("Exploding evaluations vs patience", "none",
+                            [_q(sel("loss_exploding_evaluations"), "exploding " + LEGEND_RUN, "A"),
+                             _q(sel("loss_exploding_patience_evaluations"), "patience " + LEGEND_RUN, "B")],
+                            "Consecutive exploding evaluations; LossExploding fires when they reach the patience.",
+                            w=8))
+            .with_panel(_ts("Rollbacks", "none", [_q(sel("rollbacks_total"), LEGEND_RUN)],
+                            "Returns to the last good checkpoint after a non-finite loss (on_diverge rollback); "
+                            "each is also an annotation.", w=8)))
 
 
 def _state_code_expr() -> str:

@@ -10,7 +10,8 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,6 +89,63 @@ def test_production_settings() -> None:
     assert inhibit and "run_id" in inhibit[0]["equal"]
     assert 'severity="critical"' in inhibit[0]["source_matchers"]
     assert any("LossNonFinite" in m and "LossDiverging" in m for m in inhibit[0]["source_matchers"])
+
+
+#: Source alert -> the alerts of the same run (run_id and sweep) it mutes.
+EXPECTED_INHIBITIONS = {
+    # A divergence or crash explains the run's accuracy drop.
+    "LossNonFinite": {"AccuracyDrop", "LossDiverging", "GradientNormExplosion"},
+    "LossDiverging": {"AccuracyDrop"},
+    "RunFailed": {"AccuracyDrop"},
+    # An explosion comes first and stands for the NaN it ends in.
+    "LossExploding": {"AccuracyDrop", "LossDiverging", "GradientNormExplosion", "LossNonFinite"},
+    "SeedDriftCritical": {"SeedDriftHigh"},
+}
+_MATCHER_RE = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"(.*)"\s*')
+
+
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    """Alertmanager's matching (regexes anchored, a missing label is empty)."""
+    for matcher in matchers:
+        m = _MATCHER_RE.fullmatch(matcher)
+        assert m, f"matcher {matcher!r} not understood by this test"
+        name, op, value = m.groups()
+        have = labels.get(name, "")
+        if not {"=": have == value, "!=": have != value, "=~": re.fullmatch(value, have) is not None,
+                "!~": re.fullmatch(value, have) is None}[op]:
+            return False
+    return True
+
+
+def _inhibitions() -> set[tuple[str, str]]:
+    """(source, target) pairs of alert names: a firing source mutes the target (given `equal`)."""
+    rules = yaml.safe_load(ALERTMANAGER_YML.read_text())["inhibit_rules"]
+    labels = {name: {"alertname": name, **rule["labels"]} for name, rule in _alerts().items()}
+    return {(src, dst) for r in rules for src, sl in labels.items() for dst, dl in labels.items()
+            if src != dst and _matches(r["source_matchers"], sl) and _matches(r["target_matchers"], dl)}
+
+
+def test_inhibitions_between_alerts() -> None:
+    """Which alert mutes which (evaluated on the rules' alert names and
+    severities): as intended, per run, never circular (two alerts muting
+    each other would both stay silent), and a warning never mutes a page."""
+    pairs = _inhibitions()
+    assert pairs == {(src, dst) for src, dsts in EXPECTED_INHIBITIONS.items() for dst in dsts}
+    for rule in yaml.safe_load(ALERTMANAGER_YML.read_text())["inhibit_rules"]:
+        assert {"run_id", "sweep"} <= set(rule["equal"]), rule
+    muted_by: dict[str, set[str]] = {}
+    for src, dst in pairs:
+        muted_by.setdefault(src, set()).add(dst)
+    for start_name in muted_by:
+        seen, todo = set(), list(muted_by[start_name])
+        while todo:
+            name = todo.pop()
+            assert name != start_name, f"{start_name} mutes itself through {sorted(seen)}"
+            if name not in seen:
+                seen.add(name)
+                todo.extend(muted_by.get(name, ()))
+    severity = {name: rule["labels"]["severity"] for name, rule in _alerts().items()}
+    assert not {(s, d) for s, d in pairs if severity[s] == "warning" and severity[d] == "critical"}
 
 
 @pytest.mark.parametrize("severity", sorted(RECEIVER))
@@ -173,7 +231,24 @@ def _text(post: dict[str, Any]) -> str:
     return json.dumps(post["attachments"][0])
 
 
-def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
+class _Alertmanager:
+    """A real Alertmanager (shipped config, 1s group timings) posting to a :class:`_Slack`."""
+
+    def __init__(self, base: str, slack: _Slack) -> None:
+        self.base, self.slack = base, slack
+
+    def post(self, alerts: list[dict[str, Any]]) -> None:
+        req = urllib.request.Request(f"{self.base}/alerts", data=json.dumps(alerts).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+
+    def alerts(self, query: str = "") -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.base}/alerts{query}", timeout=5) as r:
+            return list(json.loads(r.read()))
+
+
+@contextmanager
+def _alertmanager(tmp_path: Path) -> Iterator[_Alertmanager]:
     binary = require_binary("prometheus-alertmanager")
     slack_port, am_port = free_port(), free_port()
     slack = _Slack(slack_port)
@@ -187,12 +262,6 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
                    f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
                   tmp_path / "alertmanager.log")
     base = f"http://127.0.0.1:{am_port}/api/v2"
-
-    def post(alerts: list[dict[str, Any]]) -> None:
-        req = urllib.request.Request(f"{base}/alerts", data=json.dumps(alerts).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        urllib.request.urlopen(req, timeout=5).close()
-
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -203,6 +272,15 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
                 assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()
                 assert time.monotonic() < deadline, "Alertmanager did not come up"
                 time.sleep(0.2)
+        yield _Alertmanager(base, slack)
+    finally:
+        stop(proc)
+        slack.close()
+
+
+def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
+    with _alertmanager(tmp_path) as am:
+        slack, post = am.slack, am.post
         post([_alert("LossNonFinite", "r1", "s"), _alert("AccuracyDrop", "r1", "s"),
               _alert("AccuracyDrop", "r2", None)])
 
@@ -225,8 +303,8 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
         assert "`monitoring/runbook.md#accuracydrop`" in att["text"]
 
         # r1's accuracy drop is muted by r1's divergence (same run), r2's is not.
-        with urllib.request.urlopen(f"{base}/alerts?filter=alertname%3D%22AccuracyDrop%22", timeout=5) as r:
-            states = {a["labels"]["run_id"]: a["status"] for a in json.loads(r.read())}
+        states = {a["labels"]["run_id"]: a["status"]
+                  for a in am.alerts("?filter=alertname%3D%22AccuracyDrop%22")}
         assert states["r1"]["state"] == "suppressed" and states["r1"]["inhibitedBy"], states
         assert states["r2"]["state"] == "active", states
         time.sleep(2)  # two more group intervals: r1's group would have flushed by now
@@ -238,9 +316,72 @@ def test_real_alertmanager_messages_and_inhibition(tmp_path: Path) -> None:
         att = done["attachments"][0]
         assert att["title"] == "[RESOLVED] LossNonFinite · run r1 · sweep s"
         assert att["color"] == "good" and "*Resolved:*" in att["text"] and "<!channel>" not in att.get("pretext", "")
-    finally:
-        stop(proc)
-        slack.close()
+
+
+def test_real_alertmanager_divergence_inhibitions(tmp_path: Path) -> None:
+    """An exploding loss mutes the same run's NaN page (and its diverging loss,
+    gradient norm, accuracy drop) for as long as it fires; a crash mutes the
+    accuracy drop. Only the same run_id and sweep are muted."""
+    # The causes first, as in a real run (an explosion comes before the NaN)
+    # and so the inhibitor knows them before the muted alerts' groups flush.
+    causes = [
+        ("LossExploding", "r1", "s"), ("LossExploding", "r3", None), ("RunFailed", "r2", None),
+        # The same run_id in another sweep, and as a single run: not muted by r1/s.
+        ("LossNonFinite", "r1", "s2"), ("LossNonFinite", "r1", None),
+        ("TelemetrySinkFailed", "r2", None),
+    ]
+    muted = [
+        ("LossNonFinite", "r1", "s"), ("LossDiverging", "r1", "s"), ("GradientNormExplosion", "r1", "s"),
+        ("AccuracyDrop", "r1", "s"), ("AccuracyDrop", "r1", "s2"),
+        ("LossNonFinite", "r3", None),  # single runs: neither side has a sweep label
+        ("AccuracyDrop", "r2", None),
+    ]
+    control = ("AccuracyDrop", "r4", None)  # nothing of r4 fires: not muted
+    expected = {k: "active" for k in [*causes, control]} | {k: "suppressed" for k in muted}
+
+    def key(alert: dict[str, Any]) -> tuple[str, str, str | None]:
+        labels = alert["labels"]
+        return labels["alertname"], labels["run_id"], labels.get("sweep")
+
+    def title(name: str, run_id: str, sweep: str | None) -> str:
+        return f"[FIRING:1] {name} · run {run_id}" + (f" · sweep {sweep}" if sweep else "")
+
+    def wait_states(want: dict[tuple[str, str, str | None], str]) -> dict[Any, dict[str, Any]]:
+        deadline, got = time.monotonic() + 15, dict[Any, dict[str, Any]]()
+        while time.monotonic() < deadline:
+            got = {key(a): a for a in am.alerts()}
+            if all(got.get(k, {}).get("status", {}).get("state") == v for k, v in want.items()):
+                break
+            time.sleep(0.2)
+        wrong = {k: got.get(k, {}).get("status", {}).get("state") for k, v in want.items()
+                 if got.get(k, {}).get("status", {}).get("state") != v}
+        assert not wrong, wrong
+        return got
+
+    with _alertmanager(tmp_path) as am:
+        am.post([_alert(*k) for k in causes])
+        for k in causes:
+            am.slack.wait_for(lambda p, want=title(*k): p["attachments"][0]["title"] == want, 20)
+        am.post([_alert(*k) for k in [*muted, control]])
+        got = wait_states(expected)
+        fingerprint = {k: a["fingerprint"] for k, a in got.items()}
+        for target, source in ((("LossNonFinite", "r1", "s"), ("LossExploding", "r1", "s")),
+                               (("LossNonFinite", "r3", None), ("LossExploding", "r3", None)),
+                               (("AccuracyDrop", "r2", None), ("RunFailed", "r2", None)),
+                               (("AccuracyDrop", "r1", "s2"), ("LossNonFinite", "r1", "s2"))):
+            assert got[target]["status"]["inhibitedBy"] == [fingerprint[source]], (target, got[target])
+        am.slack.wait_for(lambda p: p["attachments"][0]["title"] == title(*control), 20)
+        time.sleep(2)  # two more group intervals: a muted group would have flushed by now
+        titles = {p["attachments"][0]["title"] for p in am.slack.posts}
+        assert not titles & {title(*k) for k in muted}, titles
+
+        # The explosion resolves (in Prometheus, 10 minutes after the run): the
+        # NaN page it stood for is no longer muted and goes out, and it now
+        # mutes the rest of the run's alerts itself.
+        am.post([_alert("LossExploding", "r1", "s", ends=datetime.now(timezone.utc))])
+        am.slack.wait_for(lambda p: p["attachments"][0]["title"] == title("LossNonFinite", "r1", "s"), 20)
+        wait_states({("LossNonFinite", "r1", "s"): "active", ("LossDiverging", "r1", "s"): "suppressed",
+                     ("GradientNormExplosion", "r1", "s"): "suppressed", ("AccuracyDrop", "r1", "s"): "suppressed"})
 
 
 def test_dashboard_link_matches_committed_dashboard() -> None:

@@ -25,7 +25,8 @@ def test_names_follow_prometheus_conventions() -> None:
 
 def test_labels_are_bounded() -> None:
     allowed = {"run_id", "seed", "layer", "state", "status", "phase", "quantile", "rank", "sink",
-               "device", "experiment", "version", "python_version", "torch_version", "to_state", "class"}
+               "device", "experiment", "version", "python_version", "torch_version", "to_state", "class",
+               "config_hash"}  # config_hash: one value per run, like run_id
     for m in CATALOG:
         assert set(m.labels) <= allowed, (m.name, set(m.labels) - allowed)
 

@@ -73,7 +73,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
         case = CASES[name]
         out = base / name / "out"
         args = [a.format(dir=inputs, port=port) for a in case.args]
-        if name != "resume_not_a_run":  # --resume takes no config options
+        if name != "resume_not_a_run":  # checked before any option: the dir is not a run
             args += [*SHORT, "--output_dir", str(out)]
             if "--metrics_port" not in args:
                 args += ["--metrics_port", "0"]

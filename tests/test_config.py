@@ -1,4 +1,4 @@
-"""Typed config: flat keys, validation messages, YAML round trip, run ids."""
+"""Typed config: flat keys, validation messages, YAML round trip, config hashes."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_yaml_round_trip_and_unknown_nested_key(tmp_path: Path) -> None:
         load_yaml(tmp_path / "config.yaml")
 
 
-def test_run_id_ignores_telemetry_and_output_only() -> None:
+def test_config_hash_ignores_telemetry_and_output_only() -> None:
     base = build_config({})
     assert config_hash(base) == config_hash(build_config({"metrics_port": 0, "output_dir": "x", "console": "off"}))
     assert config_hash(base) != config_hash(build_config({"lr": 0.01}))

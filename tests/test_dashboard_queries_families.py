@@ -10,6 +10,12 @@ by side. Each dashboard's queries are executed the way Grafana sends them
 ``engine``, ``$__rate_interval`` = 4 s) as range queries over the run's
 lifetime, and each must return at least one finite value. Template variables
 must list the run and its layers.
+
+A run's range ends only once Prometheus holds what the panels need
+(:func:`_promdata.wait_until_settled`): the counters a run creates in its last
+stage (neurons added, replayed samples) would otherwise have a single sample
+when the finished state is first scraped, and their ``rate``/``increase``
+panels no data, on any machine fast or loaded enough.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Any
 
 import pytest
 from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
-from binaries import require_binary
+from _promdata import STEP, wait_until_settled, widest_range
+from binaries import duration_seconds, require_binary
 from conftest import free_port
 from test_e2e_alerting import FAST, QUIET, get_json, query
 
@@ -53,8 +60,8 @@ RUNS: dict[str, list[str]] = {
 class ScrapedRun:
     prometheus: str
     run_id: str
-    start: float  # unix seconds: the run was started
-    end: float  # unix seconds: the run's final state was scraped
+    start: float  # unix seconds: the runs were started
+    end: float  # unix seconds: a range-query step (from start) at which every series of the run has settled
 
 
 def _dashboard(uid: str) -> dict[str, Any]:
@@ -70,7 +77,7 @@ def _run_id(output_dir: Path, proc: Proc) -> str:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ScrapedRun]]:
-    """Both family runs, started together and scraped every second until their final state."""
+    """Both family runs, started together and scraped every second until their final state settled."""
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("family_dashboards")
@@ -98,7 +105,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
             selector = f'plasticity_run_status{{job="engine", run_id="{run_id}", status="finished"}} == 1'
             wait_for(f"the finished {family} run scraped", partial(query, prom, selector), timeout=120,
                      interval=0.2, proc=proc)
-            runs[family] = ScrapedRun(prom, run_id, begin, time.time())
+            # The endpoint holds the final state: wait until each of the run's series has
+            # two samples inside the widest panel window, at a step the range queries hit.
+            end = wait_until_settled(prom, f'{{job="engine", run_id="{run_id}"}}', begin, WINDOW, proc=proc)
+            runs[family] = ScrapedRun(prom, run_id, begin, end)
         yield runs
     finally:
         for proc in procs.values():
@@ -113,10 +123,14 @@ def _queries() -> list[tuple[str, str, str, str]]:
 
 
 QUERIES = _queries()
+#: The widest range selector of any panel once Grafana's variables are substituted.
+WINDOW = widest_range((substitute(e, {"run": "r", "job": "engine", "__rate_interval": RATE_INTERVAL})
+                       for *_ids, e in QUERIES), default=duration_seconds(RATE_INTERVAL))
 
 
 def query_range(prometheus: str, expr: str, start: float, end: float) -> dict[str, Any]:
-    params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"})
+    params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                     "step": f"{STEP:g}"})
     return dict(get_json(prometheus, f"/api/v1/query_range?{params}"))
 
 

@@ -39,7 +39,7 @@ def _epoch(epoch: int, val_loss: float = 0.5) -> ev.EpochCompleted:
 
 
 def _run(bus: EventBus, run_dir: Path, status: str = "finished") -> None:
-    bus.publish(ev.RunStarted("r1", "seeds", CONFIG, str(run_dir), "cpu", 1234, 3))
+    bus.publish(ev.RunStarted("r1", "seeds", CONFIG, str(run_dir), "cpu", 1234, 3, config_hash="c0ffee"))
     bus.publish(_epoch(1))
     bus.publish(_epoch(2, val_loss=float("nan")))  # non-finite values are skipped
     bus.publish(_epoch(3))
@@ -70,6 +70,7 @@ def test_run_logged_to_default_file_store(tmp_path: Path) -> None:
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "run-1" and run.info.status == "FINISHED"
     assert run.data.tags["status"] == "finished" and run.data.tags["engine.run_id"] == "r1"
+    assert run.data.tags["engine.config_hash"] == "c0ffee"
     params = run.data.params
     assert params["train.lr"] == "0.003" and params["train.optimizer"] == "adam"
     assert params["family.hidden"] == "[64, 32]" and params["telemetry.mlflow"] == "true"

@@ -42,3 +42,15 @@ def test_resume_rewinds_rows_of_epochs_not_in_the_checkpoint(tmp_path: Path) -> 
     assert [r["event"] for r in lines(tmp_path / "events.jsonl")] == ["RunEnded"]
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["status"] == "finished" and doc["metrics"] == {"epochs": 5.0}
+
+
+def test_metrics_json_carries_run_id_and_config_hash(tmp_path: Path) -> None:
+    bus = EventBus()
+    bus.attach(ResultsSink(tmp_path))
+    bus.publish(ev.RunStarted("abc123-0f0f0f", "seeds", {}, str(tmp_path), "cpu", 1, 5, config_hash="abc123"))
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert (doc["run_id"], doc["config_hash"], doc["status"]) == ("abc123-0f0f0f", "abc123", "running")
+    bus.publish(ev.RunEnded("abc123-0f0f0f", "finished", {"epochs": 5.0}))
+    bus.close()
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert (doc["run_id"], doc["config_hash"], doc["status"]) == ("abc123-0f0f0f", "abc123", "finished")

@@ -1,4 +1,4 @@
-"""Sweep grid: YAML loading, expansion, CLI/YAML precedence, run_id stability."""
+"""Sweep grid: YAML loading, expansion, CLI/YAML precedence, config_hash stability."""
 
 from __future__ import annotations
 
@@ -159,32 +159,32 @@ def test_duplicates_removed_and_neutral_fields_ignored(fake_family: dict) -> Non
     trials = resolve_trials(fake_family, {"lr": [0.1, 0.1, "0.1"], "metrics_port": [9000, 9001]})
     assert len(trials) == 1
     a = resolve_trials({**fake_family, "output_dir": "x", "console": "off"}, {"lr": 0.1})
-    assert a[0].run_id == trials[0].run_id
+    assert a[0].config_hash == trials[0].config_hash
     b = resolve_trials(fake_family, {"lr": 0.2})
-    assert b[0].run_id != a[0].run_id
-    assert len(a[0].run_id) == 10 and int(a[0].run_id, 16) >= 0
-    assert a[0].run_id == config_hash(a[0].config)  # the id the trial itself reports
+    assert b[0].config_hash != a[0].config_hash
+    assert len(a[0].config_hash) == 10 and int(a[0].config_hash, 16) >= 0
+    assert a[0].config_hash == config_hash(a[0].config)  # the hash the trial itself reports
 
 
-_RUN_ID_SCRIPT = FAKE_FAMILY_SRC + '''
+_HASH_SCRIPT = FAKE_FAMILY_SRC + '''
 import sys
 from engine import registry
 from engine.sweep.grid import resolve_trials
 registry._LOADED = True
 registry.register_experiment("sweeptest", FakeFamily, "test")(lambda **_: None)
 t = resolve_trials({"experiment": "sweeptest"}, {"lr": float(sys.argv[1]), "hidden_dim": 8})
-print(t[0].run_id)
+print(t[0].config_hash)
 '''
 
 
-def test_run_id_stable_across_processes(fake_family: dict) -> None:
+def test_config_hash_stable_across_processes(fake_family: dict) -> None:
     def run(lr: str, hashseed: str) -> str:
         env = {**os.environ, "PYTHONHASHSEED": hashseed, "PYTHONPATH": str(ROOT)}
-        out = subprocess.run([sys.executable, "-c", _RUN_ID_SCRIPT, lr], env=env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, lr], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60, check=True)
         return out.stdout.strip()
 
-    here = resolve_trials(fake_family, {"lr": 0.01, "hidden_dim": 8})[0].run_id
+    here = resolve_trials(fake_family, {"lr": 0.01, "hidden_dim": 8})[0].config_hash
     assert run("0.01", "1") == run("0.01", "2") == here
     assert run("0.02", "1") != here
 
@@ -208,7 +208,7 @@ def test_seeds_grid_resolves() -> None:
         (8, 1), (8, 2), (16, 1), (16, 2)
     ]
     assert {t.config.train.lr for t in trials} == {0.05}
-    assert len({t.run_id for t in trials}) == 4
+    assert len({t.config_hash for t in trials}) == 4
     with pytest.raises(ConfigError) as exc:
         resolve_trials({}, {"not_a_key": 1})
     assert exc.value.key == "not_a_key" and "lr" in exc.value.allowed

@@ -156,10 +156,15 @@ def test_rows_in_order_failed_trial_does_not_stop_sweep_and_file_sd(tmp_path: Pa
     rows = read_csv(sweep.sweep_dir / "sweep_summary.csv")
     assert [r["trial"] for r in rows] == ["1", "2", "3"]
     assert [r["status"] for r in rows] == ["finished", "failed", "finished"]
-    assert list(rows[0])[:6] == ["trial", "run_id", "run_dir", "status", "error", "seed"]
+    assert list(rows[0])[:7] == ["trial", "run_id", "config_hash", "run_dir", "status", "error", "seed"]
     assert rows[0]["val_accuracy"] == "0.1" and rows[0]["epochs"] == "3" and "unlisted" not in rows[0]
-    assert rows[0]["run_dir"] == f"run_001_{trials[0].run_id}" and float(rows[1]["wall_seconds"]) > 0
+    assert rows[0]["run_dir"] == f"run_001_{trials[0].config_hash}" and float(rows[1]["wall_seconds"]) > 0
     run1 = sweep.sweep_dir / rows[0]["run_dir"]
+    # The runner made each trial's identity before launch: unique run_id, the trial's config hash.
+    ids = [read_json(sweep.sweep_dir / r["run_dir"] / "identity.json") for r in rows]
+    assert [i["config_hash"] for i in ids] == [r["config_hash"] for r in rows] == [t.config_hash for t in trials]
+    assert [i["run_id"] for i in ids] == [r["run_id"] for r in rows]
+    assert all(r["run_id"].startswith(r["config_hash"] + "-") for r in rows)
     cfg = yaml.safe_load((run1 / "config.yaml").read_text())
     port1 = read_json(run1 / "times.json")["port"]
     assert cfg["telemetry"]["metrics_port"] == port1 and cfg["telemetry"]["auto_port"] is True
@@ -168,7 +173,7 @@ def test_rows_in_order_failed_trial_does_not_stop_sweep_and_file_sd(tmp_path: Pa
     # While trial 1 ran, its endpoint (0.0.0.0 -> 127.0.0.1) was a target with
     # the three labels; later snapshots (trial 3 running) no longer have it.
     entry1 = {"targets": [f"127.0.0.1:{port1}"],
-              "labels": {"sweep": "demo", "run": trials[0].run_id, "trial": "001"}}
+              "labels": {"sweep": "demo", "run": ids[0]["run_id"], "trial": "001"}}
     first = next(i for i, s in enumerate(sweep.snapshots) if entry1 in s)
     later = [s for s in sweep.snapshots[first:] if any(e["labels"]["trial"] == "003" for e in s)]
     assert later and all(entry1 not in s and len(s) == 1 for s in later)
@@ -191,7 +196,7 @@ def test_sigkilled_trial_is_failed_and_deregistered(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, trials, {"1": "hang"})
     try:
         wait_for(lambda: any(e["labels"]["trial"] == "001" for e in sweep.snap() or []))
-        run1 = tmp_path / "sweep" / f"run_001_{trials[0].run_id}"
+        run1 = tmp_path / "sweep" / f"run_001_{trials[0].config_hash}"
         os.kill(read_json(run1 / "pid.json")["pid"], signal.SIGKILL)
         wait_for(lambda: any(e["labels"]["trial"] == "002" for e in sweep.snap() or []))
         assert all(e["labels"]["trial"] != "001" for e in sweep.snapshots[-1])
@@ -273,5 +278,30 @@ def test_targets_file_and_summary_csv_units(tmp_path: Path) -> None:
     SummaryCsv(path, ["lr"]).append({"trial": 1, "status": "failed", "error": "a\nb", "lr": 0.1})
     SummaryCsv(path, ["lr"]).append({"trial": 2, "status": "finished", "val_loss": 0.5, "x": 1})
     lines = path.read_text().splitlines()
-    assert lines[0].startswith("trial,run_id,run_dir,status,error,lr,val_accuracy") and len(lines) == 3
+    assert lines[0].startswith("trial,run_id,config_hash,run_dir,status,error,lr,val_accuracy") and len(lines) == 3
     assert read_csv(path)[0]["error"] == "a b" and read_csv(path)[1]["val_loss"] == "0.5"
+
+
+def test_running_a_sweep_dir_again_keeps_each_trials_identity(tmp_path: Path) -> None:
+    trials = make_trials([1, 2])
+    first = Sweep(tmp_path, trials, {}).join()
+    # An older trial directory (no identity.json) that has a checkpoint keeps the
+    # config hash it reported as run id; one without a checkpoint gets a new id.
+    legacy = tmp_path / "sweep" / first.rows[1]["run_dir"]
+    (legacy / "identity.json").unlink()
+    (legacy / "checkpoint.pt").write_bytes(b"")
+    again = Sweep(tmp_path, trials, {}).join()
+    assert again.rows[0]["run_id"] == first.rows[0]["run_id"] != trials[0].config_hash
+    assert again.rows[1]["run_id"] == trials[1].config_hash == again.rows[1]["config_hash"]
+    assert read_json(legacy / "identity.json") == {"run_id": trials[1].config_hash,
+                                                    "config_hash": trials[1].config_hash}
+
+
+def test_two_sweeps_of_one_grid_get_distinct_run_ids(tmp_path: Path) -> None:
+    trials = make_trials([1])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Sweep(tmp_path / "a", trials, {}).join()
+    b = Sweep(tmp_path / "b", trials, {}).join()
+    assert a.rows[0]["config_hash"] == b.rows[0]["config_hash"] == trials[0].config_hash
+    assert a.rows[0]["run_id"] != b.rows[0]["run_id"]

@@ -17,8 +17,10 @@ import click
 from engine.cli.options import config_options, given
 from engine.cli.stack import stack
 from engine.cli.wiring import EXIT_CODES, console_mode_is_rich, execute_run
-from engine.config import build_config, config_hash, load_yaml
+from engine.config import RunConfig, build_config, load_yaml
 from engine.errors import ConfigError
+from engine.identity import RunIdentity, new_identity
+from engine.resume import RESUME_TRAIN_KEYS, resume_config
 
 log = logging.getLogger("engine.cli")
 
@@ -40,7 +42,12 @@ def _setup_logging(quiet: bool) -> None:
               help="Sweep trials run at once, each in its own process with its own metrics port "
               "[default: the YAML's sweep.parallel, else 1].")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
-              help="Continue a killed or interrupted run from RUN_DIR/checkpoint.pt.")
+              metavar="RUN_DIR",
+              help="Continue a killed or interrupted run from RUN_DIR/checkpoint.pt with its saved "
+              "config.yaml and run_id. Only runtime options may be given with it: every telemetry "
+              "option (--metrics_port, --console, --no_tensorboard, ...) and "
+              + ", ".join(f"--{k}" for k in RESUME_TRAIN_KEYS) + "; they are saved to its config.yaml, "
+              "so a later --resume keeps them. Any other option is an error.")
 @click.option("--file_sd_dir", type=click.Path(path_type=Path), default=None,
               help="Where sweeps write Prometheus file_sd targets [default: OUTPUT_DIR/file_sd].")
 @click.pass_context
@@ -68,16 +75,29 @@ def cli(ctx: click.Context, sweep_config: Path | None, parallel: int | None, res
 
         return run_sweep_command(flat, cfg, sweep_config, parallel, file_sd_dir)
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
-    run_dir = Path(cfg.output_dir) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_{config_hash(cfg)}"
-    return _finish(execute_run(cfg, run_dir), run_dir)
+    identity, run_dir = _new_run_dir(cfg)
+    return _finish(execute_run(cfg, run_dir, identity=identity), run_dir)
+
+
+def _new_run_dir(cfg: RunConfig) -> tuple[RunIdentity, Path]:
+    """A new launch's identity and ``OUTPUT_DIR/runs/<time>_<run_id>`` (not created yet).
+
+    The unique run_id in the name keeps two launches of one config in the same
+    second apart; execute_run creates the directory exclusively, so even a
+    random-suffix collision fails loudly instead of mixing two runs.
+    """
+    while True:
+        identity = new_identity(cfg)
+        run_dir = Path(cfg.output_dir) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_{identity.run_id}"
+        if not run_dir.exists():
+            return identity, run_dir
 
 
 def _resume(run_dir: Path, flat: dict[str, Any]) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError("resume", str(run_dir), "must be a run directory holding config.yaml")
-    if flat:
-        raise ConfigError("resume", ", ".join(sorted(flat)), "no config options may be given with --resume")
-    cfg = load_yaml(run_dir / "config.yaml")
+    # Runtime options (ports, sinks, device, ...) may change; the experiment may not.
+    cfg = resume_config(load_yaml(run_dir / "config.yaml"), flat)
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
     return _finish(execute_run(cfg, run_dir, resume=True), run_dir)
 

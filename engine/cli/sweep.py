@@ -27,7 +27,7 @@ def run_sweep_command(flat: dict[str, Any], cfg: RunConfig, path: Path, parallel
     failed = 0
     root = Path(cfg.output_dir)
     for name, trials, n_parallel in sweeps:
-        sweep_dir = root / "sweeps" / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
+        sweep_dir = _new_sweep_dir(root / "sweeps", name)
         click.echo(f"sweep {name}: {len(trials)} trials -> {sweep_dir}", err=True)
         result = run_sweep(trials, sweep_dir, sweep_name=name, parallel=n_parallel,
                            file_sd_dir=file_sd_dir or root / "file_sd")
@@ -37,3 +37,21 @@ def run_sweep_command(flat: dict[str, Any], cfg: RunConfig, path: Path, parallel
         if result.interrupted:
             return 130
     return 1 if failed else 0
+
+
+def _new_sweep_dir(parent: Path, name: str) -> Path:
+    """Create ``parent/<time>_<name>`` exclusively (``-2``, ``-3``... if taken).
+
+    Two sweeps of one name started in the same second must not share trial
+    directories: a trial directory keeps its checkpoint and run identity.
+    """
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free sweep directory name for {base} in {parent}")

@@ -14,8 +14,9 @@ from typing import Any, Iterator
 
 import torch
 
-from engine.config import RunConfig, config_hash, dump_yaml
+from engine.config import RunConfig, dump_yaml, load_yaml
 from engine.fsutil import atomic_write_text
+from engine.identity import RunIdentity, legacy_identity, new_identity, read_identity, write_identity
 from engine.registry import get_experiment
 from engine.sinks.results import ResultsSink
 from engine.telemetry.bus import EventBus
@@ -112,8 +113,17 @@ def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int],
         bus.attach(ConsoleSink(t.console, phases))
 
 
-def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
+def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
+                identity: RunIdentity | None = None) -> Outcome:
     """Run one experiment into ``run_dir`` and return how it ended.
+
+    ``identity`` is given by a fresh launch that just made it (and named
+    ``run_dir`` after it): the directory must not exist yet and is created
+    here, after the input checks. Otherwise the identity stored in ``run_dir``
+    is used (``--resume``, sweep trials), else a new one (or, resuming an older
+    directory without ``identity.json``, the config hash it used as run id).
+    On ``resume``, a ``cfg`` whose runtime options differ from the saved
+    ``config.yaml`` is written back, so a later plain ``--resume`` behaves the same.
 
     Bad input raises :class:`~engine.errors.ConfigError` before training starts;
     an unexpected exception is recorded as status ``failed`` (metrics.json and
@@ -123,16 +133,35 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
     device = pick_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    stored = None if identity is not None else read_identity(run_dir)  # a bad file is bad input
     prom = _serve_metrics(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        dump_yaml(cfg, run_dir / "config.yaml")
+    try:
+        # A fresh launch creates its directory exclusively: two launches never share one.
+        run_dir.mkdir(parents=True, exist_ok=identity is None)
+        saved_path = run_dir / "config.yaml"
+        resuming = resume and saved_path.is_file()
+        changed = _changed_options(saved_path, cfg) if resuming else {}
+        if not resuming or changed:
+            dump_yaml(cfg, saved_path)
+        if identity is None:
+            identity = stored or (legacy_identity(cfg) if resume else new_identity(cfg))
+        if stored is None:
+            write_identity(run_dir, identity)
+    except BaseException:
+        if prom is not None:
+            prom.close()
+        raise
+    run_id = identity.run_id
     with run_logging(run_dir):
+        if changed:
+            log.info("resumed with runtime options changed (saved to config.yaml): %s",
+                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         try:
-            experiment = get_experiment(cfg.experiment).factory(cfg, device)
+            factory = get_experiment(cfg.experiment).factory
+            experiment = factory(cfg, device)
             bus = EventBus(strict=cfg.telemetry.strict_sinks)
-            run_id = config_hash(cfg)
-            trainer = Trainer(experiment, bus, run_id, run_dir, cfg.to_dict(), cfg.train.checkpoint_every)
+            trainer = Trainer(experiment, bus, run_id, run_dir, cfg.to_dict(), cfg.train.checkpoint_every,
+                              config_hash=identity.config_hash, rebuild=lambda: factory(cfg, device))
             if resume and not trainer.resume():
                 log.warning("no checkpoint in %s: starting from the beginning", run_dir)
             _sinks(cfg, run_dir, bus, dict(experiment.phases()), prom)
@@ -157,6 +186,13 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> Outcome:
             bus.close()
         log.info("run %s ended: %s", run_id, outcome.status)
         return outcome
+
+
+def _changed_options(saved_path: Path, cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Options of ``cfg`` that differ from ``saved_path`` (on resume only runtime ones can: the CLI checks)."""
+    from engine.resume import flat_diff
+
+    return flat_diff(load_yaml(saved_path), cfg)
 
 
 def console_mode_is_rich(mode: str) -> bool:

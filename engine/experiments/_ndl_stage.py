@@ -116,28 +116,34 @@ def stack_loss(model: StackedAutoencoder, x: Tensor) -> Tensor:
     return torch.stack(losses).mean()
 
 
-def train_on(exp: Any, batch: Batch) -> tuple[float, float]:
-    """Forward, backward and (scaled) step of one batch; returns (loss, grad norm)."""
-    model, opt, fam, lr = exp.model, exp.optimizer, exp.fam, exp.cfg.train.lr
+def batch_loss(exp: Any, batch: Batch) -> tuple[Tensor, dict[nn.Parameter, Tensor] | None]:
+    """Forward pass of one batch in its phase: (loss, per-entry LR scales or None).
+
+    Also sets the level groups' learning rates for the phase (``exp.lr`` is the
+    run's main rate, with any rollback scaling).
+    """
+    model, opt, fam, lr = exp.model, exp.optimizer, exp.fam, exp.lr
     if not model.training:
         model.train()
     scales = None
     if batch.level == 0:
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = stack_loss(model, batch.x)
-    else:
-        with torch.no_grad():
-            h_prev = model.code(batch.x, batch.level - 1)  # lower levels fixed: [b, h_{L-1}]
-        _, recon = model.level_forward(h_prev, batch.level)
-        loss = ((recon - h_prev) ** 2).mean()
-        opt.param_groups[batch.level - 1]["lr"] = lr * (fam.slow_lr_scale if batch.mode == "stability" else 1.0)
-        if batch.mode == "plasticity":
-            scales = plasticity_scales(model, batch.level, exp.stage_added, fam.slow_lr_scale,
-                                       fam.new_decoder_lr_scale)
-    value = float(loss.detach())
-    if value != value or abs(value) == float("inf"):
-        return value, 0.0
+        return stack_loss(model, batch.x), None
+    with torch.no_grad():
+        h_prev = model.code(batch.x, batch.level - 1)  # lower levels fixed: [b, h_{L-1}]
+    _, recon = model.level_forward(h_prev, batch.level)
+    loss = ((recon - h_prev) ** 2).mean()
+    opt.param_groups[batch.level - 1]["lr"] = lr * (fam.slow_lr_scale if batch.mode == "stability" else 1.0)
+    if batch.mode == "plasticity":
+        scales = plasticity_scales(model, batch.level, exp.stage_added, fam.slow_lr_scale,
+                                   fam.new_decoder_lr_scale)
+    return loss, scales
+
+
+def update(exp: Any, loss: Tensor, scales: dict[nn.Parameter, Tensor] | None) -> float:
+    """Backward and (scaled) step for a loss from :func:`batch_loss`; returns the gradient norm."""
+    opt = exp.optimizer
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
@@ -146,7 +152,7 @@ def train_on(exp: Any, batch: Batch) -> tuple[float, float]:
         opt.step()
     else:
         scaled_step(opt, scales)
-    return value, grad_norm
+    return grad_norm
 
 
 def measure_level(exp: Any, level: int, x: Tensor) -> tuple[float, Tensor]:

@@ -4,9 +4,11 @@ Family-specific metrics travel as :class:`~engine.telemetry.events.MetricSamples
 events (catalog short names plus label values) in ``StepResult.events`` or
 ``EpochReport.events``; sinks export them without knowing the family.
 
-The trainer owns the loop, timing, non-finite detection, signals, checkpoints
-and event publishing; an experiment owns its model, optimizer, data and
-mechanisms. Experiments return plain event objects for the trainer to publish
+The trainer owns the loop, timing, non-finite detection, fault drills,
+rollbacks, signals, checkpoints and event publishing; an experiment owns its
+model, optimizer, data and mechanisms. A step is two calls, so the trainer
+checks the loss between the forward pass and the update: ``compute_loss``
+must not change any state a skipped update would leave inconsistent. Experiments return plain event objects for the trainer to publish
 and never see the bus or any sink.
 """
 
@@ -22,9 +24,8 @@ from engine.telemetry.events import LayerSignal, SeedSnapshot
 
 @dataclass
 class StepResult:
-    """What one optimisation step produced."""
+    """What one optimisation step produced (the trainer has its loss already)."""
 
-    loss: float  # may be NaN/Inf: the trainer checks
     samples: int
     grad_norm: float
     events: list[Any] = field(default_factory=list)
@@ -55,8 +56,23 @@ class Experiment(Protocol):
         """Training batches of one epoch (deterministic given saved RNG state)."""
         ...
 
-    def train_step(self, batch: Any, step: int) -> StepResult:
-        """Forward, backward and optimizer step on one batch."""
+    def compute_loss(self, batch: Any, step: int) -> torch.Tensor:
+        """Forward pass of one batch: the scalar training loss (with its graph).
+
+        The trainer checks it before anything is updated; on a non-finite loss
+        :meth:`apply_update` is never called for this batch.
+        """
+        ...
+
+    def apply_update(self, batch: Any, step: int, loss: torch.Tensor) -> StepResult:
+        """Backward, optimizer step and mechanisms for the batch whose ``loss`` was just computed."""
+        ...
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Multiply every main learning rate by ``factor`` from now on (kept in state_dict).
+
+        Used by rollbacks (a lower rate after a divergence) and the learning-rate fault drill.
+        """
         ...
 
     def end_epoch(self, epoch: int, phase: str) -> EpochReport:
@@ -83,3 +99,15 @@ class Experiment(Protocol):
     #   manifest() -> dict: what data went in (written to run_dir/manifest.json at start);
     #   write_artifacts(directory: Path) -> None: CSV/PNG/JSON artifacts, called at
     #     every end of a run (finished, diverged, interrupted) into run_dir/artifacts.
+
+
+def scale_optimizer_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every param group's learning rate and the optimizer's default by ``factor``.
+
+    The default matters for groups added later (seeds' children join the main
+    optimizer with it), so a scaled run stays scaled. Group rates are saved in the optimizer's
+    state_dict; the default is not, so families restore it from group 0 on load.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    optimizer.defaults["lr"] *= factor

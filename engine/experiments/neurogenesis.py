@@ -25,7 +25,7 @@ from engine.config import RunConfig
 from engine.data.images import load_images, stratified_split
 from engine.experiments._ndl_config import NeurogenesisConfig
 from engine.experiments._ndl_report import class_samples, stage_samples, write_all
-from engine.experiments._ndl_stage import Batch, make_optimizer, minibatches, run_stage, train_on
+from engine.experiments._ndl_stage import Batch, batch_loss, make_optimizer, minibatches, run_stage, update
 from engine.experiments.base import EpochReport, StepResult
 from engine.mechanisms.neurogenesis import GrowthGate, ThresholdStore
 from engine.mechanisms.replay import ClassGaussians
@@ -74,6 +74,8 @@ class NeurogenesisExperiment:
         self.pending: list[tuple[Sample, ...]] = []
         self._pool: dict[int, torch.Tensor] = {}
         self._step = self._epoch = 0  # trainer position, for the step/epoch of samples
+        self._scales: Any = None  # per-entry LR scales of the batch between compute_loss and apply_update
+        self.lr_scale = 1.0  # rollbacks and the LR drill scale the main rate
 
     def _build(self, sizes: list[int]) -> None:
         self.model = StackedAutoencoder(self.x_train.shape[1], sizes, self.fam.ae_activation).to(self.device)
@@ -123,9 +125,15 @@ class NeurogenesisExperiment:
         return pool
 
     # -- training -----------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> StepResult:
-        """One step of the batch's phase; queued measurements and periodic evaluation go out as events."""
-        loss, grad_norm = train_on(self, batch)
+    def compute_loss(self, batch: Batch, step: int) -> torch.Tensor:
+        """Loss of the batch in its phase (whole stack, or one level); its LR scales are kept."""
+        loss, self._scales = batch_loss(self, batch)
+        return loss
+
+    def apply_update(self, batch: Batch, step: int, loss: torch.Tensor) -> StepResult:
+        """The (scaled) step; queued measurements and periodic evaluation go out as events."""
+        grad_norm = update(self, loss, self._scales)
+        self._scales = None
         self._step = step + 1
         samples: list[Sample] = [s for group in self.pending for s in group]
         self.pending.clear()
@@ -133,7 +141,7 @@ class NeurogenesisExperiment:
             samples += class_samples(self._class_errors(), self.baselines)
             samples.append(Sample("ndl_replay_samples_total", (), float(self.replay_total)))
         events: list[Any] = [MetricSamples(step + 1, self._epoch, tuple(samples))] if samples else []
-        return StepResult(loss, len(batch.x), grad_norm, events)
+        return StepResult(len(batch.x), grad_norm, events)
 
     @torch.no_grad()
     def _class_errors(self) -> dict[int, float]:
@@ -194,9 +202,18 @@ class NeurogenesisExperiment:
         """All autoencoder parameters (grows with neurogenesis)."""
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def lr(self) -> float:
+        """The main learning rate: the configured one times any rollback/drill scaling."""
+        return float(self.cfg.train.lr) * self.lr_scale
+
     def learning_rate(self) -> float:
-        """The configured main learning rate (phases scale it per level)."""
-        return float(self.cfg.train.lr)
+        """The main learning rate (phases scale it per level)."""
+        return self.lr
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Scale the main rate; every phase's level rates derive from it at each step."""
+        self.lr_scale *= factor
 
     def manifest(self) -> dict[str, Any]:
         """The data that went in (with its checksum), split sizes and class order."""
@@ -217,7 +234,7 @@ class NeurogenesisExperiment:
                 "stage_added": list(self.stage_added), "total_added": list(self.total_added),
                 "layer_error": list(self.layer_error), "outlier_frac": list(self.outlier_frac),
                 "baselines": dict(self.baselines), "history": list(self.history),
-                "replay_total": self.replay_total}
+                "replay_total": self.replay_total, "lr_scale": self.lr_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the model at the checkpoint's (grown) sizes, then restore everything."""
@@ -234,3 +251,4 @@ class NeurogenesisExperiment:
         self.baselines = {int(c): float(v) for c, v in state["baselines"].items()}
         self.history = list(state["history"])
         self.replay_total = int(state["replay_total"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))

@@ -27,7 +27,7 @@ from engine.data.streams import PermutedImages, SlowRegression
 from engine.experiments._plasticity_artifacts import write_plasticity_artifacts
 from engine.experiments._plasticity_config import PlasticityConfig
 from engine.experiments._plasticity_diag import ROW_KEYS, ProbeDiagnostics
-from engine.experiments.base import EpochReport, StepResult
+from engine.experiments.base import EpochReport, StepResult, scale_optimizer_lr
 from engine.diagnostics.rank import redo_scores
 from engine.mechanisms.replacement import get_mechanism
 from engine.models.mlp import MLP
@@ -83,6 +83,7 @@ class PlasticityExperiment:
         self.tasks: list[dict[str, Any]] = []
         self.epoch = self.step = 0
         self._new_task = False
+        self._forward: tuple[Tensor, list[Tensor]] | None = None  # compute_loss -> apply_update
         self._reset_online()
 
     def _stream_size(self) -> int:
@@ -115,11 +116,18 @@ class PlasticityExperiment:
             _, acts = self.model(self.stream.probe(min(self.fam.redo_batch, self.probe_n)), hidden=True)
         return acts
 
-    def train_step(self, batch: tuple[Tensor, Tensor], step: int) -> StepResult:
-        """Score the batch (online), update, then let the mechanism replace units."""
+    def compute_loss(self, batch: tuple[Tensor, Tensor], step: int) -> Tensor:
+        """Score the batch before its update (online); the outputs are kept for :meth:`apply_update`."""
         x, y = batch
-        out, hidden = self.model(x, hidden=True)
-        loss = self.loss_fn(out, y)
+        out, hidden = self.model(x, hidden=True)  # out [b, classes or 1], hidden: [b, units] per layer
+        self._forward = (out, hidden)
+        return self.loss_fn(out, y)
+
+    def apply_update(self, batch: tuple[Tensor, Tensor], step: int, loss: Tensor) -> StepResult:
+        """Update, then let the mechanism replace units; online metrics and diagnostics."""
+        _, y = batch
+        out, hidden = self._forward
+        self._forward = None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms = torch._foreach_norm([p.grad for p in self._params])  # type: ignore[misc]
@@ -144,7 +152,7 @@ class PlasticityExperiment:
             events.append(MetricSamples(self.step, self.epoch, (Sample("stream_task", (), float(self.stream.task)),)))
         if self.step % self.fam.diagnostics_every == 0:
             events.append(self._diagnostics())
-        return StepResult(float(loss.detach()), len(y), grad_norm, events)
+        return StepResult(len(y), grad_norm, events)
 
     @torch.no_grad()
     def _shrink_and_perturb(self) -> None:
@@ -204,6 +212,10 @@ class PlasticityExperiment:
         """The optimizer's learning rate."""
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """Scale the optimizer's learning rate (saved with its state)."""
+        scale_optimizer_lr(self.optimizer, factor)
+
     def manifest(self) -> dict[str, Any]:
         """The stream's data: the image set (with checksum) or the regression target's hash."""
         fam = self.fam
@@ -237,6 +249,7 @@ class PlasticityExperiment:
         """Restore :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.defaults["lr"] = self.optimizer.param_groups[0]["lr"]  # a rollback's scale, if any
         self.gen.set_state(state["generator"])
         self.stream.load_state_dict(state["stream"])
         if self.mech is not None:

@@ -16,7 +16,7 @@ from torch import nn
 from engine.config import RunConfig, Section
 from engine.errors import ConfigError
 from engine.data.synthetic import DataConfig, make_problem
-from engine.experiments.base import EpochReport, StepResult
+from engine.experiments.base import EpochReport, StepResult, scale_optimizer_lr
 from engine.mechanisms.germination import GerminationController
 from engine.mechanisms.plans import AddParameters
 from engine.mechanisms.seed_plans import BlendSeed, CullSeed
@@ -46,7 +46,6 @@ class SeedsConfig(Section):
     acc_threshold: float = Field(0.95, gt=0, le=1, description="Germinate only while val accuracy is below this.")
     patience: int = Field(5, ge=1, description="Plateau epochs before germination.")
     delta: float = Field(1e-3, ge=0, description="Min val-loss improvement that resets the plateau.")
-    fault_nan_step: int = Field(-1, ge=-1, description="Fault drill: force a NaN loss at this step (-1 off).")
     fault_reset_epoch: int = Field(
         -1, ge=-1, description="Fault drill: re-initialise the output head just before this epoch's "
         "evaluation, so accuracy collapses (tests accuracy-drop alerts; -1 off).")
@@ -110,17 +109,18 @@ class SeedsExperiment:
         return list(self.model.seeds.values())  # type: ignore[arg-type]
 
     # -- training ----------------------------------------------------------------
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepResult:
-        """Task step on the trunk / blending seeds, then the seeds' own steps."""
+    def compute_loss(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        """Task loss of the trunk with its blending/active seeds."""
         x, y = batch
         if not self.model.training:  # .train() walks every module: only when switching
             self.model.train()
-        loss = self.loss_fn(self.model(x), y)
-        if step == self.fam.fault_nan_step:
-            loss = loss * float("nan")
-        value = float(loss.detach())
+        return self.loss_fn(self.model(x), y)
+
+    def apply_update(self, batch: tuple[torch.Tensor, torch.Tensor], step: int,
+                     loss: torch.Tensor) -> StepResult:
+        """Task step on the trunk / blending seeds, then the seeds' own steps."""
         grad_norm = 0.0
-        if value == value and abs(value) != float("inf") and loss.requires_grad:
+        if loss.requires_grad:  # a frozen trunk with no blending seed has nothing to train
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -136,7 +136,7 @@ class SeedsExperiment:
                     events += self._apply(s, CullSeed(s.seed_id, f"no convergence after {s.train_steps} steps"))
             elif s.state == "blending" and s.advance_blend():
                 events.append(SeedTransition(s.seed_id, s.layer, "blending", "active", self.epoch, "alpha reached 1"))
-        return StepResult(value, len(y), grad_norm, events)
+        return StepResult(len(batch[1]), grad_norm, events)
 
     def _apply(self, seed: SentinelSeed, plan: Any) -> list[Any]:
         before = seed.state
@@ -197,6 +197,10 @@ class SeedsExperiment:
         """LR of the trunk's param group."""
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """Scale the main optimizer's groups and its default (for children that join later)."""
+        scale_optimizer_lr(self.optimizer, factor)
+
     def architecture(self) -> dict[str, Any]:
         """Shapes and seed states."""
         return self.model.architecture()
@@ -216,5 +220,6 @@ class SeedsExperiment:
             apply_plan(self.model, self.optimizer, AddParameters(f"seeds.{owner}.child"))
         self.groups = list(state["groups"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.defaults["lr"] = self.optimizer.param_groups[0]["lr"]  # a rollback's scale, if any
         self.controller.load_state_dict(state["controller"])
         self.gen.set_state(state["generator"])

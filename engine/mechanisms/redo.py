@@ -59,11 +59,12 @@ class ReDo:
         return {"redo_score": [s.copy() for s in self.last_scores]}
 
     def state_dict(self) -> dict[str, Any]:
-        """Totals and the last scores."""
+        """Totals and the last scores (as CPU tensors: checkpoints load with weights_only=True)."""
         return {"replaced_total": list(self.replaced_total),
-                "last_scores": [s.copy() for s in self.last_scores]}
+                "last_scores": [torch.from_numpy(s.copy()) for s in self.last_scores]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.replaced_total = [int(c) for c in state["replaced_total"]]
-        self.last_scores = [np.asarray(s).copy() for s in state["last_scores"]]
+        self.last_scores = [s.detach().cpu().numpy().copy() if isinstance(s, Tensor) else np.asarray(s).copy()
+                            for s in state["last_scores"]]

@@ -87,7 +87,7 @@ class ConsoleSink:
         table: dict[type, Any] = {
             ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
             ev.SeedTransition: self._on_transition, ev.NonFiniteLoss: self._on_nonfinite,
-            ev.RunEnded: self._on_run_ended,
+            ev.Rollback: self._on_rollback, ev.RunEnded: self._on_run_ended,
         }
         if self.mode == "rich":
             table[ev.StepCompleted] = self._on_step
@@ -137,6 +137,10 @@ class ConsoleSink:
 
     def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
         self._say(logging.WARNING, f"epoch {e.epoch + 1}, step {e.step}: non-finite loss {e.value}")
+
+    def _on_rollback(self, e: ev.Rollback) -> None:
+        self._say(logging.WARNING, f"rollback {e.attempt}/{e.max_rollbacks}: back to epoch {e.to_epoch + 1} "
+                  f"(step {e.to_step}), learning rate x{e.lr_scale:g}")
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         finals = " ".join(f"{k}={_num(v)}" for k, v in e.metrics.items())

@@ -124,7 +124,9 @@ class MlflowSink:
 
     def _on_run_started(self, e: ev.RunStarted) -> None:
         exp_id = self._experiment_id()
-        tags = {"engine.run_id": e.run_id, "engine.experiment": e.experiment,
+        # engine.run_id is unique per launch (a resume logs a new MLflow run with the same
+        # one); engine.config_hash groups the launches of one config.
+        tags = {"engine.run_id": e.run_id, "engine.config_hash": e.config_hash, "engine.experiment": e.experiment,
                 "engine.device": e.device, "engine.run_dir": e.run_dir, "status": "running"}
         self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
         self._epoch = e.start_epoch

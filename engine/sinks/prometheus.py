@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -23,6 +24,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from engine import __version__
 from engine.errors import ConfigError
 from engine.telemetry import events as ev
+from engine.sinks.counters import CounterLedger
 from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES, MetricSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ _SCALARS = {
     "grad_norm": "grad_norm",
     "learning_rate": "learning_rate",
     "germination_accuracy_threshold": "germination_accuracy_threshold_ratio",
+    "train_loss_baseline_ratio": "train_loss_baseline_ratio",
+    "loss_exploding_evaluations": "loss_exploding_evaluations",
 }
 
 
@@ -111,7 +115,8 @@ class PrometheusSink:
         self.run_id = ""
         self._experiment = ""
         self._phases: tuple[str, ...] = ev.PHASES
-        self._totals: dict[tuple[str, ...], float] = {}  # counter samples exported so far
+        self.counters = CounterLedger(self._c)  # every counter increment goes through it
+        self._final_status = ""
         self._ended_at = 0.0
         self.host = host
         self._child: dict[str, Any] = {}
@@ -119,9 +124,8 @@ class PrometheusSink:
         # when a scrape arrives (or the backlog is long): per-step telemetry then
         # costs the training loop an attribute store, not a locked update.
         self._last_step: ev.StepCompleted | None = None
-        self._steps_exported = 0
         self._pending: deque[ev.EpochCompleted] = deque()
-        self.registry.before_collect = self._flush
+        self.registry.before_collect = self._before_scrape
         self.port, self._server = self._bind(port, host, auto_port)
 
     def _bind(self, port: int, host: str, auto_port: bool) -> tuple[int, Any]:
@@ -151,7 +155,7 @@ class PrometheusSink:
         table: dict[type, Callable[[Any], None]] = {
             ev.RunStarted: self._started, ev.SeedTransition: self._transition,
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
-            ev.RunEnded: self._ended, ev.MetricSamples: self._samples,
+            ev.RunEnded: self._ended, ev.MetricSamples: self._samples, ev.Rollback: self._rollback,
         }
         return {ev.StepCompleted: self._step, ev.EpochCompleted: self._epoch,
                 **{etype: self._atomic(fn) for etype, fn in table.items()}}
@@ -174,14 +178,17 @@ class PrometheusSink:
             with self.registry.update_lock:
                 self._flush()
 
+    def _before_scrape(self) -> None:
+        self._flush()
+        self.counters.persist()  # before the answer: the marks always cover what was scraped
+
     def _flush(self) -> None:
         """Apply recorded steps and epochs to the metrics (caller holds the lock)."""
         while self._pending:
             self._apply_epoch(self._pending.popleft())
         step = self._last_step
-        if step is not None and step.step > self._steps_exported:
-            self._c("steps_total").inc(step.step - self._steps_exported)
-            self._steps_exported = step.step
+        if step is not None:  # advancing to the same total again is a no-op
+            self.counters.advance(("steps_total",), step.step)
             self._c("last_step_timestamp_seconds").set(step.timestamp)
 
     def _c(self, short: str, *values: str) -> Any:
@@ -200,21 +207,26 @@ class PrometheusSink:
         self._experiment = e.experiment
         self._phases = tuple(e.phases) + ("done",)
         self._child.clear()
-        self._totals.clear()
+        self.counters = CounterLedger(self._c)
+        self.counters.open(Path(e.run_dir))  # a resumed run continues its counters, never below
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
-        self.m["run_info"].labels(e.run_id, e.experiment, e.device).set(1)
+        self.m["run_info"].labels(e.run_id, e.experiment, e.device, e.config_hash).set(1)
         self._one_hot("run_status", ev.RUN_STATUSES, "running")
-        for short in ("steps_total", "nonfinite_loss_steps_total"):
-            self._c(short)  # expose counters from the start
-        # Counters are cumulative over the run, across resumes (steps_total
-        # follows the trainer's absolute step count at the next flush).
-        self._c("epochs_total").inc(e.start_epoch)
+        # Counters are cumulative over the run, across resumes: at least the
+        # restored totals, never below what an earlier process exported.
+        self.counters.advance(("steps_total",), e.start_step)
+        self.counters.advance(("epochs_total",), e.start_epoch)
+        for short in ("nonfinite_loss_steps_total", "rollbacks_total"):
+            self.counters.advance((short,), 0)  # exposed from the start
         if self._seeds_family:
-            self._c("germinations_total").inc(e.germinations)
+            self.counters.advance(("germinations_total",), e.germinations)
             for state in ev.SEED_STATES:
-                self._c("seed_transitions_total", state)
+                self.counters.advance(("seed_transitions_total", state), 0)
         for sink in self._sink_names:
-            self._c("sink_errors_total", sink)
+            self.counters.advance(("sink_errors_total", sink), 0)
+        train = e.config.get("train") or {}
+        self._c("loss_exploding_patience_evaluations").set(float(train.get("explode_patience", 0)))
+        self._c("loss_exploding_evaluations").set(0.0)
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())
@@ -225,11 +237,8 @@ class PrometheusSink:
 
     def _samples(self, e: ev.MetricSamples) -> None:
         for smp in e.samples:
-            if BY_NAME[f"{PREFIX}_{smp.metric}"].kind == "counter":  # cumulative total -> increment
-                key = (smp.metric, *smp.labels)
-                delta = smp.value - self._totals.get(key, 0.0)
-                self._totals[key] = smp.value
-                self._c(smp.metric, *smp.labels).inc(max(delta, 0.0))
+            if BY_NAME[f"{PREFIX}_{smp.metric}"].kind == "counter":  # cumulative total
+                self.counters.advance((smp.metric, *smp.labels), smp.value)
             else:
                 self._c(smp.metric, *smp.labels).set(smp.value)
 
@@ -239,10 +248,13 @@ class PrometheusSink:
             self._c(short, *extra, v).set(1.0 if v == current else 0.0)
 
     def _nonfinite(self, e: ev.NonFiniteLoss) -> None:
-        self._c("nonfinite_loss_steps_total").inc()
+        self.counters.bump(("nonfinite_loss_steps_total",))
+
+    def _rollback(self, e: ev.Rollback) -> None:
+        self.counters.bump(("rollbacks_total",))
 
     def _apply_epoch(self, e: ev.EpochCompleted) -> None:
-        self._c("epochs_total").inc()
+        self.counters.advance(("epochs_total",), e.epoch + 1)
         for key, short in _SCALARS.items():
             if key in e.metrics and BY_NAME[f"{PREFIX}_{short}"].applies_to(self._experiment):
                 self._c(short).set(e.metrics[key])
@@ -288,40 +300,53 @@ class PrometheusSink:
             self._c("neuron_activation_topk", sig.layer, str(rank)).set(val)
 
     def _transition(self, e: ev.SeedTransition) -> None:
-        self._c("seed_transitions_total", e.to_state).inc()
+        self.counters.bump(("seed_transitions_total", e.to_state))
         if e.to_state == "training":
-            self._c("germinations_total").inc()
+            self.counters.bump(("germinations_total",))
 
     def _sink_failed(self, e: ev.SinkFailed) -> None:
-        self._c("sink_errors_total", e.sink).inc()
+        self.counters.bump(("sink_errors_total", e.sink))
 
     def _ended(self, e: ev.RunEnded) -> None:
         self._one_hot("run_status", ev.RUN_STATUSES, e.status)
         self._one_hot("training_phase", self._phases, "done")
+        self._final_status = e.status
         self._ended_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------
     def linger(self, max_seconds: float, hold_seconds: float = 0.0) -> bool:
-        """Keep serving until one scrape after the run ended, at most ``max_seconds``.
+        """Keep serving until one scrape has seen the run's end, at most ``max_seconds``.
 
-        Skipped when nobody ever scraped (nobody would see the final values).
+        A run that ended badly (diverged, failed, interrupted) always waits,
+        even if nothing scraped it yet: a run that diverges before its first
+        scrape would otherwise vanish unseen and page nobody. A healthy finish
+        waits only if something was scraping it (else nobody is watching).
         ``hold_seconds`` first serves unconditionally for that long after the
         end (so alerts on the final state stay active while they are routed).
-        Returns True if a post-end scrape was served.
+        Ctrl-C ends the wait. Returns True if a post-end scrape was served.
         """
         ended = self._ended_at or time.time()
-        if hold_seconds > 0:
-            time.sleep(max(0.0, ended + hold_seconds - time.time()))
-        if max_seconds <= 0 or self._watch.count == 0:
+        must_be_seen = self._final_status in ("diverged", "failed", "interrupted")
+        try:
+            if hold_seconds > 0:
+                time.sleep(max(0.0, ended + hold_seconds - time.time()))
+            if max_seconds <= 0 or (self._watch.count == 0 and not must_be_seen):
+                return self._watch.last > ended
+            if self._watch.last <= ended:
+                log.info("run %s: serving its final state until Prometheus scrapes it (at most %gs; "
+                         "Ctrl-C skips)", self._final_status, max_seconds)
+            deadline = time.time() + max_seconds
+            with self._watch.cond:
+                while self._watch.last <= ended:
+                    remaining = deadline - time.time()
+                    if remaining <= 0:
+                        log.warning("no scrape saw the final state within %gs", max_seconds)
+                        return False
+                    self._watch.cond.wait(remaining)
+            return True
+        except KeyboardInterrupt:
+            log.warning("stopped waiting for a final scrape")
             return self._watch.last > ended
-        deadline = time.time() + max_seconds
-        with self._watch.cond:
-            while self._watch.last <= ended:
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    return False
-                self._watch.cond.wait(remaining)
-        return True
 
     def close(self) -> None:
         """Stop the HTTP server and free the port."""

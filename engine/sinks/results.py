@@ -52,7 +52,8 @@ class ResultsSink:
         """Event type -> handler."""
         return {ev.RunStarted: self._started, ev.EpochCompleted: self._epoch,
                 ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
-                ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured}
+                ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured,
+                ev.Rollback: self._rolled_back}
 
     def _write(self, final: bool = False) -> None:
         # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.
@@ -62,7 +63,9 @@ class ResultsSink:
     def _started(self, e: ev.RunStarted) -> None:
         if e.start_epoch > 0:
             self._rewind(e.start_epoch)
-        self.doc.update(run_id=e.run_id, experiment=e.experiment, device=e.device, status="running")
+        # run_id is this launch (kept on resume); config_hash groups launches of one config.
+        self.doc.update(run_id=e.run_id, config_hash=e.config_hash, experiment=e.experiment,
+                        device=e.device, status="running")
         self._write()
 
     def _rewind(self, start_epoch: int) -> None:
@@ -81,6 +84,11 @@ class ResultsSink:
                     if _epoch_of(line) < start_epoch]
             atomic_write_text(path, "".join(kept))
             setattr(self, attr, open(path, "a", encoding="utf-8"))
+
+    def _rolled_back(self, e: ev.Rollback) -> None:
+        # The epochs from to_epoch on run again: their rows go, as on a resume.
+        self._rewind(e.to_epoch)
+        self._event(e)
 
     def _epoch(self, e: ev.EpochCompleted) -> None:
         row = {"epoch": e.epoch, "phase": e.phase, "step": e.step, **e.metrics,

@@ -66,6 +66,7 @@ class TensorBoardSink:
             ev.MetricSamples: self._on_samples,
             ev.SeedTransition: self._on_transition,
             ev.NonFiniteLoss: self._on_nonfinite,
+            ev.Rollback: self._on_rollback,
             ev.SinkFailed: self._on_sink_failed,
             ev.RunEnded: self._on_run_ended,
         }
@@ -118,6 +119,10 @@ class TensorBoardSink:
         why = f" ({e.reason})" if e.reason else ""
         self._text(f"epoch {e.epoch}: seed `{e.seed_id}` on `{e.layer}` "
                    f"{e.from_state} -> {e.to_state}{why}")
+
+    def _on_rollback(self, e: ev.Rollback) -> None:
+        self._text(f"epoch {e.epoch}, step {e.step}: non-finite loss {e.value}; rollback {e.attempt}/"
+                   f"{e.max_rollbacks} to epoch {e.to_epoch} (step {e.to_step}), learning rate x{e.lr_scale:g}")
 
     def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
         self._step = max(self._step, e.epoch)

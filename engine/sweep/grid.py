@@ -35,10 +35,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class Trial:
-    """One resolved grid point: ``index`` is 1-based, ``params`` its YAML values."""
+    """One resolved grid point: ``index`` is 1-based, ``params`` its YAML values.
+
+    ``config_hash`` (:func:`engine.config.config_hash`) names the grid point;
+    each launch of the trial gets its own run_id (:mod:`engine.identity`),
+    made by the sweep runner when it creates the trial's directory.
+    """
 
     index: int
-    run_id: str
+    config_hash: str
     flat: dict[str, Any]
     config: RunConfig
     params: dict[str, Any] = field(default_factory=dict)
@@ -158,8 +163,8 @@ def resolve_trials(base: dict[str, Any], mapping: dict[str, Any]) -> list[Trial]
     override them. Each point goes through :func:`build_config` (so unknown or
     invalid keys raise :class:`ConfigError`); points whose resolved configs are
     equal (ignoring result-neutral fields) are kept once, at their first index.
-    ``run_id`` is :func:`engine.config.config_hash`, the id the trial itself
-    reports, so it is stable across processes and machines.
+    ``config_hash`` is :func:`engine.config.config_hash`, stable across
+    processes and machines.
     """
     trials: list[Trial] = []
     seen: set[str] = set()

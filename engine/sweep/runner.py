@@ -1,9 +1,11 @@
 """Run sweep trials as subprocesses, ``parallel`` at a time, in one poll loop.
 
-Each trial gets ``<sweep_dir>/run_<NNN>_<run_id>/`` with its ``config.yaml``
-(metrics port pre-picked, ``auto_port`` on), and runs ``trial_command(run_dir)``
-with stdout+stderr in ``stdout.log``. When the trial writes ``endpoint.json``
-its endpoint joins the sweep's Prometheus ``file_sd`` file until it exits.
+Each trial gets ``<sweep_dir>/run_<NNN>_<config_hash>/`` with its ``config.yaml``
+(metrics port pre-picked, ``auto_port`` on) and ``identity.json`` (its unique
+run_id, made here before launch and kept if the directory is run again), and
+runs ``trial_command(run_dir)`` with stdout+stderr in ``stdout.log``. When the
+trial writes ``endpoint.json`` its endpoint joins the sweep's Prometheus
+``file_sd`` file (label ``run`` = the run_id the trial reports) until it exits.
 Its ``metrics.json`` (or the exit status) becomes a ``sweep_summary.csv`` row.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Collection
 
 from engine.config import dump_yaml, parameters
+from engine.identity import RunIdentity, ensure_identity
 from engine.sweep.file_sd import TargetsFile
 from engine.sweep.grid import Trial
 from engine.sweep.summary import METRIC_COLUMNS, SummaryCsv
@@ -53,6 +56,7 @@ class SweepResult:
 @dataclass
 class _Running:
     trial: Trial
+    identity: RunIdentity
     run_dir: Path
     proc: subprocess.Popen[bytes]
     log_fh: IO[bytes]
@@ -171,8 +175,12 @@ def free_port(taken: Collection[int] = ()) -> int:
 
 def _start(trial: Trial, sweep_dir: Path, command: Callable[[Path], list[str]],
            env: dict[str, str], ports: set[int]) -> _Running:
-    run_dir = sweep_dir / f"run_{trial.index:03d}_{trial.run_id}"
+    # Named by the config hash (not the run_id), so running the sweep dir again
+    # finds the trial's directory, its checkpoint and its identity.
+    run_dir = sweep_dir / f"run_{trial.index:03d}_{trial.config_hash}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Made before launch, so the file_sd ``run`` label is the run_id the trial reports.
+    identity = ensure_identity(run_dir, trial.config_hash, legacy=(run_dir / "checkpoint.pt").exists())
     for stale in ("endpoint.json", "metrics.json"):  # left by an earlier attempt
         (run_dir / stale).unlink(missing_ok=True)
     tel = trial.config.telemetry
@@ -191,8 +199,8 @@ def _start(trial: Trial, sweep_dir: Path, command: Callable[[Path], list[str]],
     except BaseException:
         log_fh.close()
         raise
-    log.info("trial %03d (%s) started: pid %d, %s", trial.index, trial.run_id, proc.pid, run_dir)
-    return _Running(trial, run_dir, proc, log_fh, time.monotonic())
+    log.info("trial %03d (%s) started: pid %d, %s", trial.index, identity.run_id, proc.pid, run_dir)
+    return _Running(trial, identity, run_dir, proc, log_fh, time.monotonic())
 
 
 def _stop(r: _Running, count: int) -> None:
@@ -217,8 +225,8 @@ def _register(r: _Running, targets: TargetsFile, sweep_name: str) -> None:
         # the container's service name under compose, loopback otherwise.
         host = os.environ.get(ADVERTISE_ENV) or ("127.0.0.1" if host != "::" else "::1")
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    labels = {"sweep": sweep_name, "run": r.trial.run_id, "trial": f"{r.trial.index:03d}"}
-    targets.add(r.trial.run_id, f"{host}:{port}", labels)
+    labels = {"sweep": sweep_name, "run": r.identity.run_id, "trial": f"{r.trial.index:03d}"}
+    targets.add(r.identity.run_id, f"{host}:{port}", labels)
     r.registered = True
     log.info("trial %03d endpoint %s:%d registered", r.trial.index, host, port)
 
@@ -227,9 +235,10 @@ def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
     rc = r.proc.returncode
     r.log_fh.close()
     if targets is not None:
-        targets.remove(r.trial.run_id)
-    row: dict[str, Any] = {"trial": r.trial.index, "run_id": r.trial.run_id,
-                           "run_dir": r.run_dir.name, **parameters(r.trial.config), **r.trial.params}
+        targets.remove(r.identity.run_id)
+    row: dict[str, Any] = {"trial": r.trial.index, "run_id": r.identity.run_id,
+                           "config_hash": r.trial.config_hash, "run_dir": r.run_dir.name,
+                           **parameters(r.trial.config), **r.trial.params}
     try:
         data = json.loads((r.run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
@@ -250,7 +259,7 @@ def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
         last = _last_line(r.run_dir / "stdout.log")
         row["status"], row["error"] = "failed", why + (f"; last output: {last}" if last else "")
     log.log(logging.INFO if row["status"] in OK_STATUSES else logging.WARNING, "trial %03d (%s) %s%s",
-            r.trial.index, r.trial.run_id, row["status"], f": {row['error']}" if row["error"] else "")
+            r.trial.index, r.identity.run_id, row["status"], f": {row['error']}" if row["error"] else "")
     return row
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 #: Leading columns of every row.
-FIXED_COLUMNS = ("trial", "run_id", "run_dir", "status", "error")
+FIXED_COLUMNS = ("trial", "run_id", "config_hash", "run_dir", "status", "error")
 #: Final metrics copied from a trial's ``metrics.json``; other keys are ignored.
 METRIC_COLUMNS = (
     "val_accuracy",
@@ -24,7 +24,10 @@ METRIC_COLUMNS = (
 
 
 class SummaryCsv:
-    """Append-only CSV: ``trial, run_id, run_dir, status, error, <params>, <metrics>``.
+    """Append-only CSV: ``trial, run_id, config_hash, run_dir, status, error, <params>, <metrics>``.
+
+    ``run_id`` is unique per trial launch; ``config_hash`` groups rows of one
+    config (e.g. across sweeps).
 
     The header is written once (when the file is new or empty). Each row is
     flushed and fsynced before :meth:`append` returns, so a crash during trial

@@ -52,7 +52,7 @@ SEEDS, NDL, LOP = "seeds", "neurogenesis", "plasticity"
 
 CATALOG: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
-    _m("run_info", "gauge", "", ("run_id", "experiment", "device"), "The run served by this endpoint; value is always 1."),
+    _m("run_info", "gauge", "", ("run_id", "experiment", "device", "config_hash"), "The run served by this endpoint (run_id is unique per launch; config_hash groups launches of one config); value is always 1."),
     _m("run_status", "gauge", "", ("run_id", "status"), "1 for the run's current status (running, finished, diverged, interrupted, failed), else 0."),
     _m("training_phase", "gauge", "", ("run_id", "phase"), "1 for the current training phase, else 0."),
     _m("steps_total", "counter", "", R, "Optimisation steps completed."),
@@ -67,6 +67,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("grad_norm", "gauge", "", R, "Mean L2 norm of the gradient over the last epoch's steps."),
     _m("learning_rate", "gauge", "", R, "Current learning rate of the main optimizer."),
     _m("nonfinite_loss_steps_total", "counter", "", R, "Steps whose loss was NaN or infinite."),
+    _m("train_loss_baseline_ratio", "gauge", "ratio", R, "Last epoch's mean train loss over its baseline: the lower of the loss at initialisation and the phase's best epoch mean so far."),
+    _m("loss_exploding_evaluations", "gauge", "", R, "Consecutive evaluations whose mean train loss was above explode_factor times its baseline."),
+    _m("loss_exploding_patience_evaluations", "gauge", "", R, "Exploding evaluations in a row that mark the loss as exploding (explode_patience; 0 = off)."),
+    _m("rollbacks_total", "counter", "", R, "Returns to the last good checkpoint after a non-finite loss (on_diverge rollback)."),
     _m("training_progress_ratio", "gauge", "ratio", R, "Epochs completed over epochs planned (0-1)."),
     _m("model_parameters", "gauge", "", R, "Number of parameters in the model, seeds included."),
     _m("plateau_epochs", "gauge", "", R, "Consecutive adaptation epochs without val-loss improvement.", families=(SEEDS,)),

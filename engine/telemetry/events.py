@@ -35,6 +35,8 @@ class RunStarted:
     start_epoch: int = 0
     germinations: int = 0  # restored from a checkpoint, so counters stay cumulative
     phases: tuple[str, ...] = ("warm_up", "adaptation")  # the family's phases, in order
+    config_hash: str = ""  # hash of the result-relevant config: groups launches of one config
+    start_step: int = 0  # restored from a checkpoint, like start_epoch
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ class NonFiniteLoss:
     step: int  # index of the failing step, from 0 (the step passed to train_step)
     epoch: int
     value: float
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """After a non-finite loss the run went back to its last good checkpoint.
+
+    Published before the :class:`NonFiniteLoss` of the same step, so a scrape
+    never sees more non-finite steps than rollbacks for a recovered run.
+    """
+
+    step: int  # index of the failing step
+    epoch: int  # epoch of the failing step
+    to_step: int  # the checkpoint's step count, where training continues
+    to_epoch: int  # the first epoch run again
+    attempt: int  # 1 for the first rollback of the run
+    max_rollbacks: int
+    lr_scale: float  # cumulative learning-rate multiplier from now on
+    value: float  # the non-finite loss
 
 
 @dataclass(frozen=True)

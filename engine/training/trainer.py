@@ -1,9 +1,14 @@
 """The generic training loop: epochs, steps, checkpoints, and event publishing.
 
 The trainer knows nothing about sinks: it publishes events on the bus it is
-given. It stops cleanly on a non-finite loss (status ``diverged``) or when
-:meth:`Trainer.request_stop` is called from a signal handler (status
-``interrupted``), always after finishing the current step.
+given. Each step is split in two calls to the experiment: ``compute_loss``
+(forward only) and ``apply_update`` (backward, optimizer step, mechanisms).
+The loss is checked in between, so no family ever steps on a non-finite
+loss and every family stops the same way: status ``diverged``, or with
+``on_diverge: rollback`` a return to the last good checkpoint at a lower
+learning rate. Fault drills are injected here too, for every family.
+:meth:`Trainer.request_stop` (from a signal handler) ends the run with
+status ``interrupted`` after the current step.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from engine.experiments.base import Experiment
 from engine.fsutil import atomic_write_text
 from engine.telemetry.bus import EventBus
-from engine.telemetry.events import (EpochCompleted, NonFiniteLoss, RunEnded, RunStarted,
+from engine.telemetry.events import (EpochCompleted, NonFiniteLoss, Rollback, RunEnded, RunStarted,
                                      SeedTransition, StepCompleted)
-from engine.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from engine.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from engine.training.divergence import ExplosionWatch
+from engine.training.faults import FaultDrills
 from engine.training.memory import device_memory
 
 log = logging.getLogger(__name__)
@@ -39,17 +46,33 @@ class Outcome:
 
 
 class Trainer:
-    """Runs an :class:`Experiment` epoch by epoch and publishes what happens."""
+    """Runs an :class:`Experiment` epoch by epoch and publishes what happens.
+
+    ``rebuild`` makes a fresh experiment of the same config; a rollback loads
+    the checkpoint into one (structure may have changed since the checkpoint:
+    grown layers, germinated seeds), falling back to the current experiment.
+    """
 
     def __init__(self, experiment: Experiment, bus: EventBus, run_id: str, run_dir: Path,
-                 config: dict[str, Any], checkpoint_every: int = 1) -> None:
+                 config: dict[str, Any], checkpoint_every: int = 1, config_hash: str = "",
+                 rebuild: Callable[[], Experiment] | None = None) -> None:
         self.exp, self.bus, self.run_id, self.run_dir = experiment, bus, run_id, Path(run_dir)
-        self.config, self.checkpoint_every = config, checkpoint_every
+        self.config_hash = config_hash or run_id
+        self.config, self.checkpoint_every, self.rebuild = config, checkpoint_every, rebuild
+        train = dict(config.get("train") or {})
+        self.faults = FaultDrills.from_config(train)
+        self.watch = ExplosionWatch(float(train.get("explode_factor", 5.0)), int(train.get("explode_patience", 1)))
+        self.rollback_enabled = train.get("on_diverge", "stop") == "rollback"
+        self.max_rollbacks = int(train.get("max_rollbacks", 3))
+        self.rollback_lr_factor = float(train.get("rollback_lr_factor", 0.5))
         self.schedule = [name for name, n in experiment.phases() for _ in range(n)]
         self.epoch = 0  # next epoch to run
         self.step = 0
         self.best_acc = 0.0
         self.germinations = 0
+        self.rollbacks = 0  # survive rollbacks (not restored by them), saved for resume
+        self.nonfinite_steps = 0
+        self.lr_scale = 1.0  # cumulative learning-rate multiplier applied by rollbacks
         self.last: dict[str, float] = {}
         self._stop = False
         self._t_start = time.perf_counter()
@@ -60,15 +83,22 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Loop position and running bests."""
+        """Loop position, running bests, divergence watch and rollback bookkeeping."""
         return {"epoch": self.epoch, "step": self.step, "best_acc": self.best_acc,
-                "germinations": self.germinations, "last": dict(self.last)}
+                "germinations": self.germinations, "last": dict(self.last),
+                "watch": self.watch.state_dict(), "rollbacks": self.rollbacks,
+                "nonfinite_steps": self.nonfinite_steps, "lr_scale": self.lr_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (keys added later default to a fresh run's values)."""
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_acc, self.germinations = float(state["best_acc"]), int(state["germinations"])
         self.last = dict(state["last"])
+        if "watch" in state:
+            self.watch.load_state_dict(state["watch"])
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
     def resume(self) -> bool:
         """Load ``run_dir/checkpoint.pt`` if present; True when resumed."""
@@ -94,10 +124,18 @@ class Trainer:
         self.bus.publish(RunStarted(self.run_id, str(self.config.get("experiment")), self.config,
                                     str(self.run_dir), str(self.exp.device), self.exp.parameter_count(),
                                     len(self.schedule), self.epoch, self.germinations,
-                                    tuple(name for name, _ in self.exp.phases())))
+                                    tuple(name for name, _ in self.exp.phases()), self.config_hash,
+                                    self.step))
+        # Threaded sinks (MLflow, TensorBoard) set up on RunStarted: a sink that
+        # cannot start fails here, before training (and stops it with strict_sinks).
+        self.bus.flush()
+        if self.rollback_enabled and not (self.run_dir / CHECKPOINT_NAME).exists():
+            self.checkpoint()  # a good state to return to before the first epoch ends
         status = "finished"
         while self.epoch < len(self.schedule):
             status = self._run_epoch(self.epoch, self.schedule[self.epoch])
+            if status == "rolled_back":
+                continue
             if status != "running":  # diverged or interrupted
                 break
             status = "finished"
@@ -105,8 +143,12 @@ class Trainer:
         outcome = Outcome(status, self.final_metrics())
         if status == "diverged":
             outcome.error = f"non-finite loss at step {self.step - 1}"  # the failing step's index
+        self.bus.flush()  # sink failures on the last events are counted before the end is served
         self.bus.publish(RunEnded(self.run_id, outcome.status, outcome.metrics, outcome.error))
         return outcome
+
+    def _scale_lr(self, factor: float) -> None:
+        self.exp.scale_learning_rate(factor)
 
     def _run_epoch(self, epoch: int, phase: str) -> str:
         t0 = time.perf_counter()
@@ -114,16 +156,19 @@ class Trainer:
         n_steps = samples = 0
         for batch in self.exp.batches(epoch, phase):
             index = self.step  # 0-based, like epochs and --fault_nan_step
-            res = self.exp.train_step(batch, index)
+            self.faults.before_step(index, self._scale_lr)
+            loss = self.faults.corrupt(index, self.exp.compute_loss(batch, index))
+            value = float(loss.detach())  # the one host sync of the step's loss
             self.step += 1
-            finite = math.isfinite(res.loss)
-            self.bus.publish(StepCompleted(self.step, res.loss, finite, time.time()))
+            if not math.isfinite(value):
+                # Checked before backward/step: no family ever updates on a non-finite loss.
+                self.bus.publish(StepCompleted(self.step, value, False, time.time()))
+                return self._non_finite(index, epoch, value)
+            res = self.exp.apply_update(batch, index, loss)
+            self.watch.first_loss(value)
+            self.bus.publish(StepCompleted(self.step, value, True, time.time()))
             self._publish(res.events)
-            if not finite:
-                log.error("non-finite loss %s at step %d (epoch %d): stopping", res.loss, index, epoch)
-                self.bus.publish(NonFiniteLoss(index, epoch, res.loss))
-                return "diverged"
-            loss_sum += res.loss
+            loss_sum += value
             grad_sum += res.grad_norm
             n_steps += 1
             samples += res.samples
@@ -133,9 +178,15 @@ class Trainer:
         self.epoch = epoch + 1
         duration = time.perf_counter() - t0
         used, limit = device_memory(self.exp.device)
-        self.last = {"train_loss": loss_sum / max(n_steps, 1), "grad_norm": grad_sum / max(n_steps, 1),
+        train_loss = loss_sum / max(n_steps, 1)
+        was_exploding = self.watch.exploding
+        self.last = {"train_loss": train_loss, "grad_norm": grad_sum / max(n_steps, 1),
                      "learning_rate": self.exp.learning_rate(), **report.metrics,
+                     **self.watch.observe(phase, train_loss),
                      "device_memory_used_bytes": used, "device_memory_limit_bytes": limit}
+        if self.watch.exploding and not was_exploding:
+            log.error("training loss is exploding: %.4g, %.1fx its baseline for %d evaluations",
+                      train_loss, self.last["train_loss_baseline_ratio"], self.watch.count)
         if "val_accuracy" in report.metrics:  # families without accuracy (autoencoders) report none
             self.best_acc = max(self.best_acc, report.metrics["val_accuracy"])
             self.last["best_val_accuracy"] = self.best_acc
@@ -147,6 +198,40 @@ class Trainer:
         if self.checkpoint_every and (self.epoch % self.checkpoint_every == 0 or self.epoch == len(self.schedule)):
             self.checkpoint()
         return "interrupted" if self._stop else "running"
+
+    def _non_finite(self, index: int, epoch: int, value: float) -> str:
+        """Stop (``diverged``) or roll back (``rolled_back``) after a non-finite loss."""
+        self.nonfinite_steps += 1
+        log.error("non-finite loss %s at step %d (epoch %d): %s", value, index, epoch,
+                  "rolling back" if self._can_roll_back() else "stopping")
+        if self._can_roll_back():
+            self._roll_back(index, epoch, value)
+            self.bus.publish(NonFiniteLoss(index, epoch, value))
+            return "rolled_back"
+        self.bus.publish(NonFiniteLoss(index, epoch, value))
+        return "diverged"
+
+    def _can_roll_back(self) -> bool:
+        return (self.rollback_enabled and self.rollbacks < self.max_rollbacks
+                and (self.run_dir / CHECKPOINT_NAME).exists())
+
+    def _roll_back(self, index: int, epoch: int, value: float) -> None:
+        """Load the last good checkpoint, scale the learning rate, publish :class:`Rollback`."""
+        payload = load_checkpoint(self.run_dir, self.exp.device)
+        assert payload is not None  # _can_roll_back checked the file
+        keep = (self.rollbacks + 1, self.nonfinite_steps, self.lr_scale * self.rollback_lr_factor)
+        if self.rebuild is not None:  # a fresh experiment: structure added since the checkpoint goes
+            self.exp = self.rebuild()
+        self.exp.load_state_dict(payload["experiment"])
+        self.load_state_dict(payload["trainer"])
+        set_rng_state(payload["rng"])
+        self.rollbacks, self.nonfinite_steps, target = keep
+        self.exp.scale_learning_rate(target / self.lr_scale)  # relative to the checkpoint's scale
+        self.lr_scale = target
+        log.warning("rollback %d/%d: back to epoch %d (step %d), learning rate x%g from now on",
+                    self.rollbacks, self.max_rollbacks, self.epoch, self.step, self.lr_scale)
+        self.bus.publish(Rollback(index, epoch, self.step, self.epoch, self.rollbacks, self.max_rollbacks,
+                                  self.lr_scale, value))
 
     def _write_artifacts(self) -> None:
         """Let the experiment write its artifacts (CSV, PNG, JSON) into ``run_dir/artifacts``.
@@ -177,6 +262,7 @@ class Trainer:
         out.update({"epochs": float(self.epoch), "steps": float(self.step),
                     "germinations": float(self.germinations),
                     "parameters": float(self.exp.parameter_count()),
+                    "rollbacks": float(self.rollbacks), "nonfinite_steps": float(self.nonfinite_steps),
                     "wall_seconds": time.perf_counter() - self._t_start})
         return out
 
