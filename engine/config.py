@@ -260,7 +260,7 @@ def config_hash(cfg: RunConfig, length: int = 10) -> str:
     import json
 
     doc = {k: v for k, v in cfg.to_dict().items() if k not in _ID_EXCLUDED}
-    for key in ("checkpoint_every", "threads"):  # how, not what, is computed
+    for key in ("checkpoint_every", "threads", "device"):  # how or where, not what, is computed
         doc.get("train", {}).pop(key, None)
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

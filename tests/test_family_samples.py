@@ -36,12 +36,12 @@ def test_sample_names_and_labels_are_checked_against_the_catalog() -> None:
         ev.Sample("layer_effective_rank", (), 1.0)
 
 
-def test_prometheus_sets_gauges_and_counts_cumulative_totals_across_resume(port: int) -> None:
+def test_prometheus_sets_gauges_and_counts_cumulative_totals_across_resume(port: int, tmp_path: Path) -> None:
     sink = PrometheusSink(port)
     bus = EventBus(strict=True)
     bus.attach(sink)
     try:
-        bus.publish(ev.RunStarted("r1", "plasticity", {}, "/tmp/x", "cpu", 10, 4, phases=("stream",)))
+        bus.publish(ev.RunStarted("r1", "plasticity", {}, str(tmp_path), "cpu", 10, 4, phases=("stream",)))
         bus.publish(samples(5, 0, 7.5, 3.0))
         bus.publish(samples(10, 0, 6.0, 5.0))
         bus.publish(epoch(0))
@@ -61,7 +61,7 @@ def test_prometheus_sets_gauges_and_counts_cumulative_totals_across_resume(port:
     bus = EventBus(strict=True)
     bus.attach(sink)
     try:
-        bus.publish(ev.RunStarted("r1", "plasticity", {}, "/tmp/x", "cpu", 10, 4, start_epoch=1, phases=("stream",)))
+        bus.publish(ev.RunStarted("r1", "plasticity", {}, str(tmp_path), "cpu", 10, 4, start_epoch=1, phases=("stream",)))
         bus.publish(samples(15, 1, 5.0, 9.0))
         assert value(scrape(sink.port), "plasticity_units_replaced_total", layer="layers.0") == 9.0
     finally:

@@ -3,6 +3,8 @@
 * A run that ends badly (here: NaN at its very first step) keeps its endpoint
   up, even though nothing scraped it yet, until one scrape has seen the final
   status; a healthy run nobody scrapes exits without waiting.
+* A crash while the experiment is built (before training) is a ``failed``
+  run like any other: metrics.json and a scrape of the endpoint say so.
 * SIGKILL after a checkpoint, then ``--resume`` on the same port: a real
   Prometheus scraping every second sees no counter reset, although the
   killed process had exported more steps than the checkpoint holds (so
@@ -13,13 +15,20 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from _e2e import read_json, read_jsonl, run_dir_in, start, stop, try_scrape, wait_for
 from conftest import free_port
 from test_e2e_alerting import local_stack, query
 
+from engine import registry
+from engine.cli.wiring import execute_run
+from engine.config import Section, build_config
 from engine.telemetry.catalog import CATALOG
 
 QUIET = ["--console", "off", "--no_tensorboard", "--threads", "1"]
@@ -100,3 +109,41 @@ def test_resume_after_sigkill_makes_no_counter_reset(tmp_path: Path) -> None:
         finally:
             stop(proc)
             stop(resumed)
+
+
+class _BrokenConfig(Section):
+    """Config of a family whose constructor crashes (a bug, an out-of-memory)."""
+
+
+def _broken_family(cfg: Any, device: Any) -> Any:
+    raise RuntimeError("simulated crash while building the experiment")
+
+
+def test_crash_before_training_is_a_failed_run_seen_by_a_scrape(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry._EXPERIMENTS, "broken",
+                        registry.ExperimentSpec("broken", _BrokenConfig, _broken_family, "crashes"))
+    port = free_port()
+    cfg = build_config({"experiment": "broken", "metrics_port": port, "metrics_linger": 60, "console": "off",
+                        "tensorboard": False, "output_dir": str(tmp_path)})
+    seen: list[Any] = []
+
+    def scraper() -> None:  # scrapes until it sees the final status (as Prometheus would)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            s = try_scrape(port, timeout=2)
+            if s is not None and any(v == 1.0 and lab["status"] == "failed"
+                                     for lab, v in s.labelled("plasticity_run_status")):
+                seen.append(s)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    run_dir = tmp_path / "runs" / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute_run(cfg, run_dir)
+    thread.join(timeout=10)
+    assert seen, "no scrape saw the failed status before the endpoint closed"
+    doc = read_json(run_dir / "metrics.json")
+    assert doc is not None and doc["status"] == "failed" and "simulated crash" in doc["error"], doc
+    assert not (run_dir / "endpoint.json").exists()

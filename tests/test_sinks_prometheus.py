@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import urllib.request
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import free_port
 
 from engine.sinks.prometheus import PrometheusSink
 from engine.telemetry import events as ev
@@ -26,12 +30,12 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return hits[0]
 
 
-def test_layer_summaries_steps_and_status(port: int) -> None:
+def test_layer_summaries_steps_and_status(port: int, tmp_path: Path) -> None:
     sink = PrometheusSink(port, sink_names=("results",), topk=2)
     bus = EventBus()
     bus.attach(sink)
     try:
-        bus.publish(ev.RunStarted("r1", "seeds", {}, "/tmp/x", "cpu", 123, 10))
+        bus.publish(ev.RunStarted("r1", "seeds", {}, str(tmp_path), "cpu", 123, 10))
         values = np.array([0.0, 0.0, 0.3, 1.0, 2.0, 5.0, 0.7])
         for step in range(1, 8):
             bus.publish(ev.StepCompleted(step, 0.5, True, 1000.0 + step))
@@ -65,17 +69,46 @@ def test_layer_summaries_steps_and_status(port: int) -> None:
         bus.close()
 
 
-def test_counters_stay_cumulative_across_a_resume(port: int) -> None:
+def test_counters_stay_cumulative_across_a_resume(port: int, tmp_path: Path) -> None:
     sink = PrometheusSink(port)
     bus = EventBus()
     bus.attach(sink)
     try:
-        bus.publish(ev.RunStarted("r1", "seeds", {}, "/tmp/x", "cpu", 10, 10, start_epoch=4, germinations=2))
+        bus.publish(ev.RunStarted("r1", "seeds", {}, str(tmp_path), "cpu", 10, 10, start_epoch=4, germinations=2))
         bus.publish(ev.StepCompleted(101, 0.1, True, 5.0))  # the trainer's absolute step count
         bus.publish(ev.EpochCompleted(4, "adaptation", 101, {}))
         s = scrape(sink.port)
         assert value(s, "plasticity_epochs_total") == 5.0
         assert value(s, "plasticity_germinations_total") == 2.0
         assert value(s, "plasticity_steps_total") == 101.0
+    finally:
+        bus.close()
+
+
+def test_counters_never_go_below_what_an_earlier_process_exported(port: int, tmp_path: Path) -> None:
+    """A resumed process starts at the killed one's high-water marks, not at the checkpoint."""
+    first = PrometheusSink(port)
+    bus = EventBus()
+    bus.attach(first)
+    try:
+        bus.publish(ev.RunStarted("r1", "plasticity", {}, str(tmp_path), "cpu", 10, 10, phases=("stream",)))
+        bus.publish(ev.StepCompleted(100, 0.1, True, 5.0))
+        bus.publish(ev.MetricSamples(100, 3, (ev.Sample("units_replaced_total", ("layers.0",), 7.0),)))
+        assert value(scrape(first.port), "plasticity_steps_total") == 100.0  # the scrape records the marks
+    finally:
+        bus.close()
+    second = PrometheusSink(free_port())
+    bus = EventBus()
+    bus.attach(second)
+    try:  # the checkpoint was at step 50, epoch 2, with 3 units replaced
+        bus.publish(ev.RunStarted("r1", "plasticity", {}, str(tmp_path), "cpu", 10, 10, start_epoch=2,
+                                  phases=("stream",), start_step=50))
+        bus.publish(ev.StepCompleted(80, 0.1, True, 6.0))
+        bus.publish(ev.MetricSamples(80, 2, (ev.Sample("units_replaced_total", ("layers.0",), 5.0),)))
+        s = scrape(second.port)
+        assert value(s, "plasticity_steps_total") == 100.0  # flat while the run catches up, never back
+        assert value(s, "plasticity_units_replaced_total", layer="layers.0") == 7.0
+        bus.publish(ev.StepCompleted(130, 0.1, True, 7.0))
+        assert value(scrape(second.port), "plasticity_steps_total") == 130.0
     finally:
         bus.close()

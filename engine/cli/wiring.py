@@ -15,12 +15,13 @@ from typing import Any, Iterator
 import torch
 
 from engine.config import RunConfig, dump_yaml, load_yaml
+from engine.errors import ConfigError
 from engine.fsutil import atomic_write_text
 from engine.identity import RunIdentity, legacy_identity, new_identity, read_identity, write_identity
 from engine.registry import get_experiment
 from engine.sinks.results import ResultsSink
 from engine.telemetry.bus import EventBus
-from engine.telemetry.events import RunEnded
+from engine.telemetry.events import RunEnded, RunStarted
 from engine.telemetry.threaded import ThreadedSink
 from engine.training.trainer import Outcome, Trainer, pick_device
 
@@ -86,12 +87,17 @@ def _serve_metrics(cfg: RunConfig) -> Any:
     return PrometheusSink(t.metrics_port, t.metrics_host, t.auto_port, _sink_names(cfg), t.neuron_topk)
 
 
+def _announce(prom: Any, run_dir: Path) -> None:
+    """Write ``endpoint.json`` (sweeps register the trial for Prometheus from it)."""
+    atomic_write_text(run_dir / "endpoint.json", json.dumps({"host": prom.host, "port": prom.port}))
+    log.info("metrics at http://%s:%d/metrics", prom.host, prom.port)
+
+
 def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int], prom: Any) -> None:
     """Attach ``prom`` (if any) and the other enabled sinks."""
     t = cfg.telemetry
     if prom is not None:
-        atomic_write_text(run_dir / "endpoint.json", json.dumps({"host": prom.host, "port": prom.port}))
-        log.info("metrics at http://%s:%d/metrics", prom.host, prom.port)
+        _announce(prom, run_dir)
         bus.attach(prom)
     bus.attach(ResultsSink(run_dir))
     if t.tensorboard:
@@ -111,6 +117,30 @@ def _sinks(cfg: RunConfig, run_dir: Path, bus: EventBus, phases: dict[str, int],
         from engine.sinks.console import ConsoleSink
 
         bus.attach(ConsoleSink(t.console, phases))
+
+
+def _report_setup_failure(cfg: RunConfig, run_dir: Path, identity: RunIdentity, device: str,
+                          prom: Any, exc: Exception) -> None:
+    """Make a run that crashed before training visible like any failed run.
+
+    metrics.json says ``failed`` with the error, and the endpoint (if any)
+    serves ``run_status{status="failed"}`` until a scrape has seen it, so
+    RunFailed pages for it exactly as for a crash during training.
+    """
+    bus = EventBus()
+    if prom is not None:
+        _announce(prom, run_dir)
+        bus.attach(prom)
+    bus.attach(ResultsSink(run_dir))
+    bus.publish(RunStarted(identity.run_id, cfg.experiment, cfg.to_dict(), str(run_dir), device, 0, 0,
+                           phases=(), config_hash=identity.config_hash))
+    bus.publish(RunEnded(identity.run_id, "failed", {}, f"{type(exc).__name__}: {exc}"))
+    try:
+        if prom is not None:
+            prom.linger(cfg.telemetry.metrics_linger, cfg.telemetry.metrics_hold)
+            (run_dir / "endpoint.json").unlink(missing_ok=True)
+    finally:
+        bus.close()
 
 
 def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
@@ -165,8 +195,16 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
             if resume and not trainer.resume():
                 log.warning("no checkpoint in %s: starting from the beginning", run_dir)
             _sinks(cfg, run_dir, bus, dict(experiment.phases()), prom)
-        except BaseException:
+        except ConfigError:  # bad input found late (data, checkpoint): exit 2, no page
             if prom is not None:  # not attached to a bus yet: free the port here
+                prom.close()
+            raise
+        except Exception as exc:  # a crash before training (a bug, out of memory): a failed run
+            log.exception("run failed before training")
+            _report_setup_failure(cfg, run_dir, identity, str(device), prom, exc)
+            raise
+        except BaseException:
+            if prom is not None:
                 prom.close()
             raise
         try:

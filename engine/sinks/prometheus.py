@@ -11,21 +11,20 @@ from __future__ import annotations
 import logging
 import platform
 import socket
-import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import disable_created_metrics, start_http_server
 
 from engine import __version__
 from engine.errors import ConfigError
 from engine.telemetry import events as ev
 from engine.sinks.counters import CounterLedger
-from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES, MetricSpec
+from engine.sinks.prometheus_registry import ConsistentRegistry, ScrapeWatch, make_metric
+from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES
 
 log = logging.getLogger(__name__)
 
@@ -47,54 +46,6 @@ _SCALARS = {
 }
 
 
-class _ScrapeWatch:
-    """A collector that yields nothing but records when the registry is scraped."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last = 0.0
-        self.cond = threading.Condition()
-
-    def describe(self) -> list[Any]:
-        return []  # keeps registration from calling collect()
-
-    def collect(self) -> list[Any]:
-        with self.cond:
-            self.count += 1
-            self.last = time.time()
-            self.cond.notify_all()
-        return []
-
-
-class _ConsistentRegistry(CollectorRegistry):
-    """A registry whose collection excludes updates (``update_lock``).
-
-    Handlers hold the lock for a whole event, so a scrape never sees half an
-    epoch: quantiles stay ordered, one-hot gauges have exactly one 1, and the
-    epoch histogram count matches ``epochs_total``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(auto_describe=True)
-        self.update_lock = threading.Lock()
-        self.before_collect: Callable[[], None] = lambda: None
-
-    def collect(self) -> Iterator[Any]:
-        with self.update_lock:
-            self.before_collect()
-            metrics = list(super().collect())
-        return iter(metrics)
-
-
-def _make(spec: MetricSpec, registry: CollectorRegistry) -> Any:
-    name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
-    if spec.kind == "counter":
-        return Counter(name, spec.help, spec.labels, registry=registry)
-    if spec.kind == "histogram":
-        return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
-    return Gauge(name, spec.help, spec.labels, registry=registry)
-
-
 class PrometheusSink:
     """Exports catalog metrics for one run on ``host:port``."""
 
@@ -105,9 +56,9 @@ class PrometheusSink:
         # Counters and histograms would also export ``*_created`` series, which
         # are not in the catalog and would break its series budget.
         disable_created_metrics()
-        self.registry = _ConsistentRegistry()
-        self.m: dict[str, Any] = {s.name.removeprefix("plasticity_"): _make(s, self.registry) for s in CATALOG}
-        self._watch = _ScrapeWatch()
+        self.registry = ConsistentRegistry()
+        self.m: dict[str, Any] = {s.name.removeprefix("plasticity_"): make_metric(s, self.registry) for s in CATALOG}
+        self._watch = ScrapeWatch()
         self.registry.register(self._watch)  # type: ignore[arg-type]
         self._sink_names = sink_names
         self.topk = topk
@@ -335,14 +286,9 @@ class PrometheusSink:
             if self._watch.last <= ended:
                 log.info("run %s: serving its final state until Prometheus scrapes it (at most %gs; "
                          "Ctrl-C skips)", self._final_status, max_seconds)
-            deadline = time.time() + max_seconds
-            with self._watch.cond:
-                while self._watch.last <= ended:
-                    remaining = deadline - time.time()
-                    if remaining <= 0:
-                        log.warning("no scrape saw the final state within %gs", max_seconds)
-                        return False
-                    self._watch.cond.wait(remaining)
+            if not self._watch.wait_after(ended, max_seconds):
+                log.warning("no scrape saw the final state within %gs", max_seconds)
+                return False
             return True
         except KeyboardInterrupt:
             log.warning("stopped waiting for a final scrape")
