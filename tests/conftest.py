@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+from types import ModuleType
 
 import pytest
 
@@ -22,3 +24,23 @@ def free_port() -> int:
 def port() -> int:
     """A free loopback port."""
     return free_port()
+
+
+def require_module(name: str, package: str | None = None) -> ModuleType:
+    """Import and return Python module ``name``; skip (fail under ``CI=true``) if it cannot be imported.
+
+    The counterpart of :func:`binaries.require_binary` for optional Python
+    packages, and a replacement for ``pytest.importorskip``: locally a missing
+    package skips the calling test (or, called at import time, its module) with
+    an install hint naming ``package`` (the pip distribution, when it differs
+    from the module name); under ``CI=true`` it is a failure, since CI installs
+    requirements.txt and a silent skip there would hide a broken set-up.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:  # not installed, or installed but broken
+        message = (f"Python module {name!r} cannot be imported ({exc}); install it with "
+                   f"`pip install {package or name}` (it is in requirements.txt)")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: these tests must not be skipped)")
+    pytest.skip(message, allow_module_level=True)

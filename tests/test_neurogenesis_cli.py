@@ -30,6 +30,10 @@ VARIANTS = {"CL": ["--no_neurogenesis", "--no_replay"], "NDL": ["--neurogenesis"
 
 
 LIVE = "NDL+IR"
+#: Linger limit of the live run. Generous: the fixture scrapes until it sees the
+#: final state, which ends the linger at once; the limit only bounds a scraper
+#: the machine's load has kept from running for a while.
+LINGER = 30
 
 
 @dataclass
@@ -47,20 +51,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     port = free_port()
     try:
         for name, flags in VARIANTS.items():
-            metrics = ["--metrics_port", str(port), "--metrics_linger", "10"] if name == LIVE else ["--metrics_port", "0"]
+            metrics = (["--metrics_port", str(port), "--metrics_linger", str(LINGER)] if name == LIVE
+                       else ["--metrics_port", "0"])
             procs[name] = start(TINY + flags + metrics + ["--output_dir", str(tmp / name)], tmp / f"logs_{name}")
         live = procs[LIVE]
-        run_dir = wait_for("the live run dir", lambda: run_dir_in(tmp / LIVE), timeout=120, proc=live)
+        wait_for("the live run dir", lambda: run_dir_in(tmp / LIVE), timeout=120, proc=live)
         during: list[Scrape] = []
-        ended = lambda: (read_json(run_dir / "metrics.json") or {}).get("status", "running") != "running"  # noqa: E731
+        final: Scrape | None = None
         deadline = time.monotonic() + 120
-        while not ended():
+        # Scrape until a scrape shows the run ended (the endpoint lingers until one
+        # has): that scrape is the final one. Stopping on metrics.json instead
+        # races with it: a scrape just after the end ends the linger, and the
+        # endpoint may be gone before a further "final" scrape.
+        while final is None:
             assert live.poll() is None and time.monotonic() < deadline, live.err()[-3000:]
             s = try_scrape(port)
-            if s is not None and s.get("plasticity_run_info") and s.one("plasticity_run_status", status="running"):
-                during.append(s)
+            if s is not None and s.get("plasticity_run_info"):
+                if s.one("plasticity_run_status", status="running"):
+                    during.append(s)
+                else:
+                    final = s
             time.sleep(0.05)
-        final = wait_for("the lingering endpoint", lambda: try_scrape(port), timeout=10, proc=live)
         out = {}
         for name, proc in procs.items():
             assert proc.wait(timeout=120) == 0, proc.err()[-3000:]

@@ -16,6 +16,10 @@ from engine.telemetry.catalog import CATALOG, exposition_names
 TASKS, UNITS = 8, 16
 FAMILY = {n for spec in CATALOG if spec.applies_to("plasticity") for n in exposition_names(spec)}
 LAYERS = [f"layers.{i}" for i in range(3)]
+#: Linger limit. Generous: the fixture scrapes until it sees the final state,
+#: which ends the linger at once; the limit only bounds a scraper the machine's
+#: load has kept from running for a while.
+LINGER = 30
 
 
 @dataclass
@@ -31,7 +35,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
     port = free_port()
     proc: Proc | None = None
     try:
-        proc = start(["--experiment", "plasticity", "--metrics_port", str(port), "--metrics_linger", "5",
+        proc = start(["--experiment", "plasticity", "--metrics_port", str(port), "--metrics_linger", str(LINGER),
                       "--console", "off", "--no_tensorboard", "--threads", "1", "--output_dir", str(tmp / "out"),
                       "--per_class", "30", "--n_tasks", str(TASKS), "--hidden_units", str(UNITS),
                       "--diagnostics_every", "10", "--maturity_threshold", "10", "--replacement_rate", "0.01"],

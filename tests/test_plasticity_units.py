@@ -106,7 +106,43 @@ def test_cbp_utility_update_and_maturity() -> None:
     assert [len(p.indices) for p in plans] == [6, 6]
 
 
-def test_cbp_fractional_counter_replaces_the_lowest_utility_units() -> None:
+def _cbp_with(utility: list[float], age: list[int], rate: float, maturity: int,
+              decay: float = 0.99) -> tuple[ContinualBackprop, list[float]]:
+    """CBP on the first hidden layer (6 units) of :func:`_mlp` with the given raw
+    utilities and ages; also returns the bias-corrected utilities it ranks by."""
+    model = _mlp()
+    cbp = ContinualBackprop(model, model.hidden_pairs()[:1], rate=rate, maturity=maturity, decay=decay)
+    cbp.util[0] = torch.tensor(utility)
+    cbp.age[0] = torch.tensor(age)
+    corrected = [u / (1 - decay ** a) for u, a in zip(utility, age)]
+    return cbp, corrected
+
+
+def test_cbp_replaces_exactly_the_lowest_utility_mature_units() -> None:
+    # Distinct utilities; unit 4 has the lowest of all but is not mature yet.
+    utility = [0.7, 0.2, 0.9, 0.4, 0.05, 0.6]
+    age = [50, 50, 50, 50, 5, 50]  # equal ages of the mature ones: the same bias correction
+    cbp, _ = _cbp_with(utility, age, rate=0.5, maturity=10)
+    plans = cbp.plans(0)  # 5 mature units x 0.5: the counter reaches 2.5, two are replaced
+    assert len(plans) == 1 and sorted(plans[0].indices) == [1, 3]  # utilities 0.2 and 0.4
+    assert cbp.counter[0] == pytest.approx(0.5) and cbp.replaced_total == [2]
+    # The replaced units restart; every other unit (the highest-utility ones and
+    # the immature one) keeps its utility and age.
+    assert cbp.util[0].tolist() == pytest.approx([0.7, 0.0, 0.9, 0.0, 0.05, 0.6])
+    assert cbp.age[0].tolist() == [50, 0, 50, 0, 5, 50]
+
+
+def test_cbp_ranks_by_bias_corrected_utility() -> None:
+    # Raw utility ranks unit 0 lowest, but it is young: 0.09 / (1 - 0.9) = 0.9.
+    # Unit 1's 0.5 over 100 steps is barely corrected: it is the least useful.
+    cbp, corrected = _cbp_with([0.09, 0.5, 1.0, 1.0, 1.0, 1.0], [1, 100, 100, 100, 100, 100],
+                               rate=1 / 6, maturity=0, decay=0.9)
+    assert corrected[0] == pytest.approx(0.9) and min(corrected) == corrected[1]
+    (plan,) = cbp.plans(0)
+    assert plan.indices == (1,)
+
+
+def test_cbp_fractional_counter_schedule() -> None:
     model = _mlp()
     cbp = ContinualBackprop(model, model.hidden_pairs()[:1], rate=0.05, maturity=0, decay=0.99)
     x = torch.rand(8, 5, generator=torch.Generator().manual_seed(2))
@@ -114,11 +150,12 @@ def test_cbp_fractional_counter_replaces_the_lowest_utility_units() -> None:
     counts = []
     for step in range(10):
         cbp.observe(step, hidden[:1])
-        lowest = int(torch.argmin(cbp.bias_corrected_utility()[0][cbp.age[0] > 0]))
+        score = cbp.bias_corrected_utility()[0].clone()  # before plans() resets the replaced units
+        lowest = float(score[cbp.age[0] > cbp.maturity].min())
         plans = cbp.plans(step)
         counts.append(sum(len(p.indices) for p in plans))
-        if plans:
-            assert plans[0].indices == (lowest,) or cbp.age[0].min() == 0
+        for plan in plans:  # by value: two dead units tie at utility 0 here
+            assert [float(score[i]) for i in plan.indices] == [lowest], (score, plan.indices)
     # 6 mature units x 0.05 = 0.3 per step: the counter crosses 1 after steps 4 and 7
     assert counts == [0, 0, 0, 1, 0, 0, 1, 0, 0, 1], counts
     assert cbp.replaced_total == [3]
@@ -200,11 +237,12 @@ def test_cbp_state_round_trip() -> None:
     for s in range(3):
         a.observe(s, hidden)
         a.plans(s)
+    assert sum(a.replaced_total) > 0 and all(int(t.max()) > 0 for t in a.age)  # unlike a fresh one's
     b = ContinualBackprop(model, model.hidden_pairs(), rate=0.1, maturity=1)
     b.load_state_dict(a.state_dict())
     assert b.counter == a.counter and b.replaced_total == a.replaced_total
-    assert all(torch.equal(u, v) for u, v in zip(a.util, b.util))
-    assert all(torch.equal(u, v) for u, v in zip(a.age, b.age))
+    for name in ("util", "mean_act", "age"):
+        assert all(torch.equal(u, v) for u, v in zip(getattr(a, name), getattr(b, name))), name
 
 
 # -- ReDo ---------------------------------------------------------------------------------
@@ -243,4 +281,5 @@ def test_plan_type() -> None:
     cbp = ContinualBackprop(model, model.hidden_pairs(), rate=1.0, maturity=0)
     _, hidden = model(torch.rand(2, 5), hidden=True)
     cbp.observe(0, hidden)
-    assert all(isinstance(p, ReinitUnits) for p in cbp.plans(0))
+    plans = cbp.plans(0)
+    assert plans and all(isinstance(p, ReinitUnits) for p in plans)

@@ -94,6 +94,7 @@ def test_counters_never_go_below_what_an_earlier_process_exported(port: int, tmp
         bus.publish(ev.RunStarted("r1", "plasticity", {}, str(tmp_path), "cpu", 10, 10, phases=("stream",)))
         bus.publish(ev.StepCompleted(100, 0.1, True, 5.0))
         bus.publish(ev.MetricSamples(100, 3, (ev.Sample("units_replaced_total", ("layers.0",), 7.0),)))
+        bus.publish(ev.NonFiniteLoss(100, 3, float("nan")))
         assert value(scrape(first.port), "plasticity_steps_total") == 100.0  # the scrape records the marks
     finally:
         bus.close()
@@ -108,6 +109,8 @@ def test_counters_never_go_below_what_an_earlier_process_exported(port: int, tmp
         s = scrape(second.port)
         assert value(s, "plasticity_steps_total") == 100.0  # flat while the run catches up, never back
         assert value(s, "plasticity_units_replaced_total", layer="layers.0") == 7.0
+        # Incidents are per process: the resumed attempt has had no non-finite step.
+        assert value(s, "plasticity_nonfinite_loss_steps_total") == 0.0
         bus.publish(ev.StepCompleted(130, 0.1, True, 7.0))
         assert value(scrape(second.port), "plasticity_steps_total") == 130.0
     finally:

@@ -65,6 +65,14 @@ def shaped_keys(state: dict, shape: torch.Size) -> list[str]:
     return [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == shape]
 
 
+def states_equal(a: dict[str, dict], b: dict[str, dict]) -> bool:
+    """Whether two :func:`state_snapshot` results hold the same keys and values."""
+    if a.keys() != b.keys() or any(a[n].keys() != b[n].keys() for n in a):
+        return False
+    return all(torch.equal(v, b[n][k]) if isinstance(v, torch.Tensor) else v == b[n][k]
+               for n in a for k, v in a[n].items())
+
+
 def assert_optimizer_consistent(model: nn.Module, opt: torch.optim.Optimizer) -> None:
     """Groups hold exactly the model's current Parameters and state has no stale keys."""
     in_groups = [p for g in opt.param_groups for p in g["params"]]
@@ -138,7 +146,9 @@ def test_grow_then_prune_maps_state(opt_name: str) -> None:
         5, (5, 11), 5, (3, 5))
     assert torch.equal(l2.weight, w2[kept]) and torch.equal(l4.weight, w4[:, kept])
     assert_optimizer_consistent(model, opt)
-    for k in shaped_keys(before["2.weight"], torch.Size([8, 11])):
+    prune_keys = shaped_keys(before["2.weight"], torch.Size([8, 11]))
+    assert prune_keys, "no param-shaped state to map; the loop below would check nothing"
+    for k in prune_keys:
         assert torch.equal(opt.state[l2.weight][k], before["2.weight"][k][kept])
         assert torch.equal(opt.state[l2.bias][k], before["2.bias"][k][kept])
         assert torch.equal(opt.state[l4.weight][k], before["4.weight"][k][:, kept])
@@ -201,7 +211,9 @@ def test_reinit_zero_outgoing_keeps_function_except_removed_units(opt_name: str)
     assert torch.equal(model[4].weight[:, list(idx)], torch.zeros(3, 2))
     with torch.no_grad():
         assert torch.allclose(model(x), out_before - contrib, atol=1e-5)
-    for k in shaped_keys(before["2.weight"], torch.Size([8, 8])):
+    keys = shaped_keys(before["2.weight"], torch.Size([8, 8]))
+    assert keys and all(before["2.weight"][k][list(idx)].abs().sum() > 0 for k in keys)  # something to reset
+    for k in keys:
         st2, st2b, st4 = opt.state[model[2].weight], opt.state[model[2].bias], \
             opt.state[model[4].weight]
         assert torch.equal(st2[k][list(idx)], torch.zeros(2, 8))
@@ -222,6 +234,7 @@ def test_reinit_fold_bias_restores_mean_output() -> None:
         h = torch.relu(model[2](torch.relu(model[0](x))))
         mean_contrib = (h[:, idx] @ model[4].weight[:, idx].T).mean(0)  # [3]
         mean_before = model(x).mean(0)
+    assert mean_contrib.abs().max() > 1e-2  # without the fold the mean output would move
     apply_plan(model, opt, ReinitUnits("2", "4", tuple(idx), fold_bias=tuple(mean_contrib)),
                torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -233,8 +246,10 @@ def test_reinit_fold_bias_restores_mean_output() -> None:
 def test_reinit_without_zero_outgoing_keeps_columns() -> None:
     model = make_mlp()
     cols = model[4].weight[:, [1]].detach().clone()
+    row = model[2].weight[1].detach().clone()
     apply_plan(model, None, ReinitUnits("2", "4", (1,), zero_outgoing=False))
     assert torch.equal(model[4].weight[:, [1]], cols)
+    assert not torch.equal(model[2].weight[1], row)  # the plan was applied: incoming weights re-drawn
 
 
 def test_add_and_remove_parameters() -> None:
@@ -301,8 +316,8 @@ def test_bad_plans_raise_and_leave_model_untouched(plan: object, match: str) -> 
     state = state_snapshot(model, opt)
     with pytest.raises(ValueError, match=match):
         apply_plan(model, opt, plan)  # type: ignore[arg-type]
-    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
-    assert state_snapshot(model, opt).keys() == state.keys()
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
+    assert states_equal(state_snapshot(model, opt), state)  # values too, not only which parameters have state
     assert_optimizer_consistent(model, opt)
 
 

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # (ok: serve + sleep + metrics.json; fail: exit 1 silently; hang: serve until
 # SIGTERM/SIGKILL; diverge: like ok, then status diverged and exit 3). Like the
 # real results sink it writes status "running" first. Records its pid,
-# start/end times and port.
+# start/end times and port. With FAKE_GATE set (see Sweep's ``gate``), a
+# registered ok/diverge trial also stays up until the test has seen it in the
+# file_sd file: the test never depends on catching a sub-second window.
 FAKE_TRIAL = r'''
 import json, os, signal, socket, sys, time
 from pathlib import Path
@@ -54,6 +56,12 @@ if port:
     sock.bind(("127.0.0.1", port))
     sock.listen()
     write("endpoint.json", {"host": "0.0.0.0", "port": port})
+    gate = os.environ.get("FAKE_GATE")
+    if gate and mode != "hang":
+        release = Path(gate) / run_dir.name.split("_")[1]  # run_001_<hash> -> "001", its trial label
+        held_until = time.time() + 60  # a bound, should the test never release it
+        while not release.exists() and not stop and time.time() < held_until:
+            time.sleep(0.01)
 deadline = start + (60 if mode == "hang" else float(os.environ.get("FAKE_SLEEP", "0.5")))
 while time.time() < deadline and not stop:
     time.sleep(0.01)
@@ -108,17 +116,29 @@ def read_json(path: Path) -> Any:
 
 
 class Sweep:
-    """run_sweep in a background thread while the test watches the file_sd file."""
+    """run_sweep in a background thread while the test watches the file_sd file.
 
-    def __init__(self, tmp: Path, trials: list[Trial], modes: dict[str, str], parallel: int = 1) -> None:
+    With ``gate`` > 0, registered trials stay up until released: none is
+    released before one snapshot has shown ``gate`` trials registered at once,
+    and from then on each is released as soon as a snapshot shows it. What a
+    test asserts about the snapshots (a trial seen registered, two at once)
+    then holds however slowly this thread or the trials get scheduled.
+    """
+
+    def __init__(self, tmp: Path, trials: list[Trial], modes: dict[str, str], parallel: int = 1,
+                 gate: int = 0) -> None:
         fake = tmp / "fake_trial.py"
         fake.write_text(FAKE_TRIAL)
         self.sweep_dir, self.sd_file = tmp / "sweep", tmp / "sd" / "sweep.json"
         self.snapshots: list[list[dict]] = []
         self.result: SweepResult | None = None
+        self.gate, self.gate_dir, self.gate_open = gate, tmp / "gate", False
+        env = {"FAKE_MODES": json.dumps(modes)}
+        if gate:
+            self.gate_dir.mkdir()
+            env["FAKE_GATE"] = str(self.gate_dir)
         kwargs = dict(sweep_name="demo", parallel=parallel, file_sd_dir=tmp / "sd",
-                      trial_command=lambda d: [sys.executable, str(fake), str(d)],
-                      env={"FAKE_MODES": json.dumps(modes)})
+                      trial_command=lambda d: [sys.executable, str(fake), str(d)], env=env)
 
         def target() -> None:
             self.result = run_sweep(trials, self.sweep_dir, **kwargs)
@@ -127,9 +147,15 @@ class Sweep:
         self.thread.start()
 
     def snap(self) -> list[dict] | None:
+        """Record the file_sd file's current targets (None while there is none);
+        release the gated trials it shows once the gate has opened."""
         data = read_json(self.sd_file)
         if data is not None:
             self.snapshots.append(data)
+            if self.gate:
+                self.gate_open = self.gate_open or len(data) >= self.gate
+                for entry in data if self.gate_open else []:
+                    (self.gate_dir / entry["labels"]["trial"]).touch()
         return data
 
     def join(self) -> SweepResult:
@@ -147,7 +173,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_rows_in_order_failed_trial_does_not_stop_sweep_and_file_sd(tmp_path: Path) -> None:
     trials = make_trials([1, 2, 3])
-    sweep = Sweep(tmp_path, trials, {"2": "fail"})
+    sweep = Sweep(tmp_path, trials, {"2": "fail"}, gate=1)  # every trial is seen registered
     res = sweep.join()
     assert [r["status"] for r in res.rows] == ["finished", "failed", "finished"]
     assert res.failed == 1 and not res.interrupted
@@ -181,7 +207,9 @@ def test_rows_in_order_failed_trial_does_not_stop_sweep_and_file_sd(tmp_path: Pa
 
 
 def test_parallel_two_overlaps_with_distinct_ports(tmp_path: Path) -> None:
-    sweep = Sweep(tmp_path, make_trials([1, 2, 3]), {"3": "diverge"}, parallel=2)
+    # Trials 1 and 2 stay up until both were seen registered at once: they overlap
+    # however late the second one starts on a busy machine.
+    sweep = Sweep(tmp_path, make_trials([1, 2, 3]), {"3": "diverge"}, parallel=2, gate=2)
     res = sweep.join()
     assert [r["status"] for r in res.rows] == ["finished", "finished", "diverged"]
     assert res.failed == 0  # diverging is a result, not a failure

@@ -10,9 +10,10 @@ The ledger therefore keeps, per counter series, the highest total exported
 so far and only ever increments past it; at each scrape (before the answer
 is sent) it writes those high-water marks to ``prometheus_counters.json`` in
 the run directory, so they always cover what Prometheus saw, even after a
-SIGKILL. A resumed run starts every counter at ``max(high-water mark,
-restored total)``: work replayed after a resume or rollback does not count
-twice, and the counter is flat (not spiking) while the run catches up.
+SIGKILL. A resumed run starts every progress counter at ``max(high-water
+mark, restored total)``: work replayed after a resume or rollback does not
+count twice, and the counter is flat (not spiking) while the run catches up.
+Incident counters (non-finite steps, rollbacks, sink errors) are per process.
 """
 
 from __future__ import annotations
@@ -58,8 +59,14 @@ class CounterLedger:
         """Count ``amount`` new occurrences (events, not totals)."""
         self.advance(key, self.exported.get(key, 0.0) + amount)
 
-    def open(self, run_dir: Path) -> None:
-        """Start from the high-water marks a previous process of this run left in ``run_dir``."""
+    def open(self, run_dir: Path, per_process: frozenset[str] = frozenset()) -> None:
+        """Start from the high-water marks a previous process of this run left in ``run_dir``.
+
+        Counters named in ``per_process`` count incidents of one process (a
+        non-finite step, a failed sink) and start at 0 again: a resumed run
+        is a new attempt, and carrying them would keep their alerts up for
+        its whole life. A drop to 0 is a plain reset to ``rate()``, no spike.
+        """
         self.path = Path(run_dir) / FILE_NAME
         try:
             marks = json.loads(self.path.read_text())
@@ -69,7 +76,9 @@ class CounterLedger:
             log.warning("ignoring unreadable %s: %s", self.path, exc)
             return
         for name, value in marks.items():
-            self.advance(tuple(name.split(_SEP)), float(value))
+            key = tuple(name.split(_SEP))
+            if key[0] not in per_process:
+                self.advance(key, float(value))
 
     def persist(self) -> None:
         """Write the high-water marks if they changed (called at scrape time, before the answer)."""

@@ -46,6 +46,10 @@ _SCALARS = {
 }
 
 
+#: Counters of one process's incidents, not carried to a resumed process (see CounterLedger.open).
+PER_PROCESS = frozenset({"nonfinite_loss_steps_total", "rollbacks_total", "sink_errors_total"})
+
+
 class PrometheusSink:
     """Exports catalog metrics for one run on ``host:port``."""
 
@@ -159,7 +163,7 @@ class PrometheusSink:
         self._phases = tuple(e.phases) + ("done",)
         self._child.clear()
         self.counters = CounterLedger(self._c)
-        self.counters.open(Path(e.run_dir))  # a resumed run continues its counters, never below
+        self.counters.open(Path(e.run_dir), PER_PROCESS)  # a resumed run continues its counters
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
         self.m["run_info"].labels(e.run_id, e.experiment, e.device, e.config_hash).set(1)
         self._one_hot("run_status", ev.RUN_STATUSES, "running")
