@@ -66,7 +66,11 @@ ATTEMPTS = 3
 #: settled final state cannot provide that; only scrapes taken while the run
 #: trained can, so a run that trained between two scrapes (a fast machine, or
 #: a loaded one delaying scrapes) is repeated rather than reported as empty panels.
-PROGRESS = ("plasticity_epochs_total", "plasticity_germinations_total")
+PROGRESS = ("plasticity_epochs_total", "plasticity_germinations_total", "plasticity_rollbacks_total")
+#: A NaN drill answered by a rollback late in the run (epoch 72 of 80, after
+#: Prometheus has been scraping for seconds): the Rollbacks panel and
+#: annotation need one; the run still trains to the end.
+ROLLBACK = ["--fault_nan_step", "1800", "--on_diverge", "rollback"]
 
 
 def _queries() -> list[tuple[str, str, str]]:
@@ -107,7 +111,7 @@ def _observe_run(stack: Stack, proc: Proc, out: Path, begin: float) -> tuple[Scr
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedRun]:
-    """A default run (germinating seeds) scraped every second until its final state settled."""
+    """A default run (germinating seeds, one rollback) scraped every second until its final state settled."""
     tmp = tmp_path_factory.mktemp("dashboards")
     unseen_by_attempt: list[list[str]] = []
     for attempt in range(1, ATTEMPTS + 1):
@@ -118,8 +122,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedRun]:
             try:
                 out = tmp / f"out{attempt}"
                 begin = time.time()
-                proc = start([*QUIET, "--output_dir", str(out), "--metrics_port", str(stack.engine_port),
-                              "--metrics_hold", "60"], tmp / f"logs{attempt}")
+                proc = start([*QUIET, *ROLLBACK, "--output_dir", str(out), "--metrics_port",
+                              str(stack.engine_port), "--metrics_hold", "60"], tmp / f"logs{attempt}")
                 run, unseen = _observe_run(stack, proc, out, begin)
                 if not unseen:
                     yield run

@@ -99,16 +99,18 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
         for family, args in RUNS.items():
             procs[family] = start([*args, *COMMON, "--output_dir", str(tmp / family),
                                    "--metrics_port", str(ports[family])], tmp / f"logs_{family}")
-        runs: dict[str, ScrapedRun] = {}
+        run_ids: dict[str, str] = {}
         for family, proc in procs.items():
-            run_id = _run_id(tmp / family, proc)
+            run_ids[family] = run_id = _run_id(tmp / family, proc)
             selector = f'plasticity_run_status{{job="engine", run_id="{run_id}", status="finished"}} == 1'
             wait_for(f"the finished {family} run scraped", partial(query, prom, selector), timeout=120,
                      interval=0.2, proc=proc)
-            # The endpoint holds the final state: wait until each of the run's series has
-            # two samples inside the widest panel window, at a step the range queries hit.
-            end = wait_until_settled(prom, f'{{job="engine", run_id="{run_id}"}}', begin, WINDOW, proc=proc)
-            runs[family] = ScrapedRun(prom, run_id, begin, end)
+        # The endpoints hold the final states: wait until each run's series have two
+        # samples inside the widest panel window, at a step the range queries hit
+        # (after both finished, so the two waits overlap).
+        runs = {family: ScrapedRun(prom, run_id, begin, wait_until_settled(
+                    prom, f'{{job="engine", run_id="{run_id}"}}', begin, WINDOW, proc=procs[family]))
+                for family, run_id in run_ids.items()}
         yield runs
     finally:
         for proc in procs.values():

@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _e2e import Proc, read_json, run_dir_in, start, stop
+from _e2e import Proc, read_json, read_jsonl, run_dir_in, start, stop
 from binaries import require_binary
 from conftest import free_port
 from test_e2e_alerting import QUIET, SlackMock, local_stack, production_latency, query, slack_mock
@@ -60,7 +60,7 @@ from monitoring import stack as ms
 
 FAMILIES = ("seeds", "neurogenesis", "plasticity")
 SWEEP = "faults"
-MAX_BUSY = 5  # runs starting up or training at once (lingering, killed and stopped ones do not count)
+MAX_BUSY = 8  # runs starting up or training at once (lingering, killed and stopped ones do not count)
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
 GRACE = 3.0  # s after the last expected page for stray messages (fast stack: group_interval 1 s)
 DEADLINE = 270.0  # s for the whole schedule
@@ -82,7 +82,7 @@ class Family:
 FAMILY_ARGS = {
     # 25 steps per epoch (the default run: 30 + 50 epochs).
     "seeds": Family(short=["--warm_up_epochs", "20", "--adaptation_epochs", "20"],
-                    mid=["--warm_up_epochs", "100", "--adaptation_epochs", "10"], step=2000,
+                    mid=["--warm_up_epochs", "60", "--adaptation_epochs", "10"], step=1000,
                     long=["--warm_up_epochs", "100000"], blowup=["--fault_lr_scale_step", "100"]),
     # 10 steps per base epoch, then one stage (plasticity + stability epochs) per class of --class_order.
     "neurogenesis": Family(short=["--base_epochs", "3", "--class_order", "0,2"],
@@ -91,7 +91,7 @@ FAMILY_ARGS = {
                            long=["--base_epochs", "100000", "--class_order", "0,2"],
                            blowup=["--base_epochs", "6", "--class_order", "0,2", "--fault_lr_scale_step", "150"]),
     # 203 steps per task (one epoch each).
-    "plasticity": Family(short=["--n_tasks", "6"], mid=["--n_tasks", "12"], step=1500,
+    "plasticity": Family(short=["--n_tasks", "6"], mid=["--n_tasks", "8"], step=1000,
                          long=["--n_tasks", "100000"],
                          blowup=["--n_tasks", "10", "--fault_lr_scale_step", "300", "--fault_lr_scale", "10"]),
 }
@@ -122,6 +122,14 @@ class Scenario:
         }[self.name]
 
 
+#: Scenarios whose targets are registered when the suite starts, so Prometheus scrapes their
+#: endpoint from the moment it binds (it takes Prometheus up to ~10 s to start scraping a new
+#: file_sd target: discovery and scrape manager each apply updates every 5 s). A mid-run fault
+#: then hits a run Prometheus has seen running, as it would hit a long job, without making every
+#: run ~10 s longer. The ``nan_step0`` runs are registered right before they start instead (the
+#: engine's final-scrape linger must cover them), and so are the signalled runs (they are only
+#: signalled once scraped).
+PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup"}
 NAN = "non-finite loss"
 #: Launch order: TargetDown needs over a minute, so the signalled runs go first.
 SCENARIOS = [
@@ -240,11 +248,18 @@ class Run:
         return None
 
 
-def launch(run: Run, targets: TargetsFile, logs: Path) -> None:
-    """Register the run's target, then start it on that port (at once: no waiting for discovery)."""
+def register(run: Run, targets: TargetsFile) -> None:
+    """Give the run a free port and register it as a file_sd target (labels sweep, trial)."""
     run.port = free_port()
-    run.tries += 1
     targets.add(run.trial, f"127.0.0.1:{run.port}", {"sweep": SWEEP, "trial": run.trial})
+
+
+def launch(run: Run, targets: TargetsFile, logs: Path) -> None:
+    """Start the run on its registered port (registering it first if it is not yet: then the
+    process starts at once, without waiting for Prometheus to discover the target)."""
+    if not run.port:
+        register(run, targets)
+    run.tries += 1
     args = ["--experiment", run.family, *run.scenario.args(FAMILY_ARGS[run.family]), *QUIET,
             "--output_dir", str(run.out), "--metrics_port", str(run.port)]
     run.proc = start(args, logs / f"{run.trial}-{run.tries}")
@@ -252,11 +267,10 @@ def launch(run: Run, targets: TargetsFile, logs: Path) -> None:
 
 
 def scraped_running(run: Run) -> bool:
-    """Prometheus scraped the run at least twice, and its last scrape saw it running."""
-    ups = query(run.prometheus, f"sum_over_time(up{{{run.selector}}}[1m])")
-    if not ups or float(ups[0]["value"][1]) < 2:
-        return False
-    return bool(query(run.prometheus, f'plasticity_run_status{{{run.selector}, status="running"}} == 1'))
+    """At least two scrapes saw the run running, the last one included."""
+    running = f'plasticity_run_status{{{run.selector}, status="running"}}'
+    seen = query(run.prometheus, f"sum_over_time({running}[1m])")
+    return bool(seen and float(seen[0]["value"][1]) >= 2 and query(run.prometheus, f"{running} == 1"))
 
 
 def step(run: Run, targets: TargetsFile, logs: Path, now: float) -> None:
@@ -270,7 +284,8 @@ def step(run: Run, targets: TargetsFile, logs: Path, now: float) -> None:
         rc = run.proc.poll()
         if rc == 2 and run.run_dir is None and run.tries < 3 and "busy" in run.proc.err():
             run.notes.append(f"port {run.port} taken before the engine bound it: relaunched")
-            launch(run, targets, logs)  # the port was taken between free_port() and the bind
+            register(run, targets)  # the port was taken between free_port() and the bind
+            launch(run, targets, logs)
             return
         run.rc, run.exited = rc, now
         if run.run_dir is not None:
@@ -311,10 +326,15 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def report(runs: list[Run], stray: list[Message], wall: float) -> tuple[str, dict[str, tuple[int, int, int, int]]]:
-    """The table, and per scenario (expected pages, received, expected pages among pages, pages)."""
+def report(runs: list[Run], stray: list[Message], t0: float,
+           wall: float) -> tuple[str, dict[str, tuple[int, int, int, int]]]:
+    """The table, and per scenario (expected pages, received, expected pages among pages, pages).
+
+    ``t0``: the suite's start (Unix time); start/fault/end/page columns are seconds since then.
+    """
     head = (f"{'scenario':<22} {'family':<13} {'paged':<5} {'alerts (critical)':<28} {'pages':>5} "
-            f"{'to page s':>9} {'warnings':<22} {'exit':>4} {'status':<9} {'seen run.':>9}")
+            f"{'to page s':>9} {'warnings':<22} {'exit':>4} {'status':<9} {'seen run.':>9} {'start':>5} "
+            f"{'fault':>5} {'end':>5} {'page':>5}")
     lines = [head, "-" * len(head)]
     stats: dict[str, tuple[int, int, int, int]] = {}
     for sc in SCENARIOS:
@@ -336,7 +356,9 @@ def report(runs: list[Run], stray: list[Message], wall: float) -> tuple[str, dic
                 f"{sc.name:<22} {run.family:<13} {'y' if pages else 'n':<5} "
                 f"{','.join(sorted({m.alert for m in pages})) or '-':<28} {len(pages):>5} "
                 f"{_fmt(page.t - fault if page and fault else None):>9} {','.join(warnings) or '-':<22} "
-                f"{'-' if run.rc is None else run.rc:>4} {run.final_status or '-':<9} {_fmt(seen, 'd'):>9}")
+                f"{'-' if run.rc is None else run.rc:>4} {run.final_status or '-':<9} {_fmt(seen, 'd'):>9} "
+                + " ".join(f"{_fmt(t - t0 if t else None, '.0f'):>5}" for t in (run.started, fault, run.exited,
+                                                                               page.t if page else None)))
         stats[sc.name] = (exp, rec, good, total)
     lines.append("-" * len(head))
     for name, (exp, rec, good, total) in stats.items():
@@ -349,9 +371,11 @@ def report(runs: list[Run], stray: list[Message], wall: float) -> tuple[str, dic
                  f"{good / total if total else 0:.2f}   (pages naming no run of this test: {len(stray)})")
     typical, worst = production_latency()
     lines.append(f"shipped timings, divergence -> Slack: typical {typical:.1f} s, worst {worst:.1f} s "
-                 f"(plus file_sd discovery for a run that diverges before its first scrape); wall {wall:.0f} s")
-    lines.append("to page s: Slack arrival - fault (run.log line of the NaN / exception / explosion, or the "
-                 "signal); seen run.: scrapes that saw the run running before its fault")
+                 f"(plus file_sd discovery for a run that diverges before its first scrape); wall {wall:.0f} s, "
+                 f"this process's CPU {time.process_time():.0f} s")
+    lines.append("to page s: Slack arrival - fault (run.log line of the NaN / exception / first explosion, or "
+                 "the signal); seen run.: scrapes that saw the run running before its fault; start, fault, end "
+                 "(exit), page: seconds since the suite started")
     return "\n".join(lines), stats
 
 
@@ -364,8 +388,12 @@ def diagnose(run: Run) -> str:
         ups = samples(run, f"up{{{run.selector}}}[15m]")
         bits.append(f"scrapes up/total {sum(v for _, v in ups):.0f}/{len(ups)}")
         expl = samples(run, f"plasticity_loss_exploding_evaluations{{{run.selector}}}[15m]")
-        if expl:
-            bits.append(f"max exported loss_exploding_evaluations {max(v for _, v in expl):g}")
+        rows = read_jsonl(run.run_dir / "history.jsonl") if run.run_dir else []
+        streaks = [int(r["loss_exploding_evaluations"]) for r in rows if r.get("loss_exploding_evaluations")]
+        if expl or streaks:
+            bits.append(f"loss_exploding_evaluations: max scraped {max((v for _, v in expl), default=0):g}, "
+                        f"history.jsonl {len(streaks)} exploding epoch(s) {streaks[:12]}, "
+                        f"epochs of {[round(r.get('duration_seconds', 0), 2) for r in rows[:4]]} s")
         if run.run_id:
             alerts = query(run.prometheus, f'ALERTS{{run_id="{run.run_id}"}}')
             bits.append("ALERTS " + (",".join(f"{a['metric']['alertname']}:{a['metric']['alertstate']}"
@@ -378,7 +406,7 @@ def diagnose(run: Run) -> str:
 
 
 def test_every_fault_of_every_family_pages_exactly_once(tmp_path: Path) -> None:
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     with slack_mock() as slack, slack_mock() as slack_prod:
         (tmp_path / "slack_url").write_text(slack.url)
         (tmp_path / "slack_url_prod").write_text(slack_prod.url)
@@ -390,6 +418,9 @@ def test_every_fault_of_every_family_pages_exactly_once(tmp_path: Path) -> None:
                         prod if sc.production else fast.prometheus, slack_prod if sc.production else slack)
                     for sc in SCENARIOS for f in FAMILIES]
             queue = list(runs)
+            for run in runs:  # see PREREGISTERED
+                if run.scenario.name in PREREGISTERED:
+                    register(run, targets[run.scenario.production])
             logs = tmp_path / "logs"
             try:
                 deadline = time.monotonic() + DEADLINE
@@ -406,12 +437,12 @@ def test_every_fault_of_every_family_pages_exactly_once(tmp_path: Path) -> None:
                         settled_at = settled_at or time.monotonic()
                         if time.monotonic() - settled_at >= GRACE:
                             break
-                    time.sleep(0.2)
+                    time.sleep(0.25)
                 wall = time.monotonic() - t0
                 known = {r.run_id for r in runs if r.run_id}
                 stray = [m for t, body in list(slack.messages) + list(slack_prod.messages)
                          for m in parse(t, body) if m.page and m.run_id not in known]
-                table, stats = report(runs, stray, wall)
+                table, stats = report(runs, stray, t0_wall, wall)
                 print("\n" + table)
                 failures = []
                 for run in runs:
