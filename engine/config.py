@@ -50,11 +50,12 @@ class TrainConfig(Section):
     rollback_lr_factor: float = Field(
         0.5, gt=0, lt=1, description="Learning-rate multiplier applied at each rollback.")
     explode_factor: float = Field(
-        5.0, gt=1, le=1e6, description="An epoch's mean train loss above this multiple of its baseline "
-        "(the lower of the loss at initialisation and the phase's best epoch) is an exploding evaluation.")
+        5.0, gt=1, le=1e6, description="An epoch's watched loss (mean train loss; neurogenesis: val loss) "
+        "above this multiple of its baseline (the lower of the loss at initialisation and the best epoch "
+        "so far) is an exploding evaluation.")
     explode_patience: int = Field(
-        1, ge=0, le=10000, description="Consecutive exploding evaluations that mark the loss as "
-        "exploding (exported and alerted on; 0 disables).")
+        1, ge=0, le=10000, description="Consecutive exploding evaluations that make an explosion "
+        "(an event, counted and alerted on; 0 disables).")
     # -- fault drills: every family has them, applied by the trainer ----------------
     fault_nan_step: int = Field(
         -1, ge=-1, description="Fault drill: make the loss of this step NaN (-1 off; fires once per process).")

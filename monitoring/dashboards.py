@@ -238,15 +238,16 @@ def overview() -> db.Dashboard:
                             "Epochs completed over epochs planned.", w=6, lo=0, hi=1))
             .with_row(db.Row("Divergence"))
             .with_panel(_ts("Loss over its baseline", "none",
-                            [_q(sel("train_loss_baseline_ratio"), "ratio " + LEGEND_RUN, "A")],
-                            "Each epoch's mean train loss over the lower of the loss at initialisation and the "
-                            "phase's best epoch; above the run's explode_factor (default 5) it counts as an "
-                            "exploding evaluation.", w=8))
+                            [_q(sel("loss_baseline_ratio"), "ratio " + LEGEND_RUN, "A")],
+                            "Each epoch's watched loss (mean train loss; neurogenesis: validation loss) over the "
+                            "lower of the loss at initialisation and the best epoch so far; above the run's "
+                            "explode_factor (default 5) it counts as an exploding evaluation.", w=8))
             .with_panel(_ts("Exploding evaluations vs patience", "none",
                             [_q(sel("loss_exploding_evaluations"), "exploding " + LEGEND_RUN, "A"),
-                             _q(sel("loss_exploding_patience_evaluations"), "patience " + LEGEND_RUN, "B")],
-                            "Consecutive exploding evaluations; LossExploding fires when they reach the patience.",
-                            w=8))
+                             _q(sel("loss_exploding_patience_evaluations"), "patience " + LEGEND_RUN, "B"),
+                             _q(sel("loss_explosions_total"), "explosions " + LEGEND_RUN, "C")],
+                            "Consecutive exploding evaluations; reaching the patience is an explosion "
+                            "(counted: LossExploding pages on the count).", w=8))
             .with_panel(_ts("Rollbacks", "none", [_q(sel("rollbacks_total"), LEGEND_RUN)],
                             "Returns to the last good checkpoint after a non-finite loss (on_diverge rollback); "
                             "each is also an annotation.", w=8)))

@@ -173,37 +173,18 @@ MUTATIONS = {
         ('              max_over_time(plasticity_run_status{status="diverged"}[10m]) == 1\n'
          "            or\n"), "",
     ),
-    # With explode_patience 0 (off) the count is still exported (and at or
-    # above 0): the alert must stay off.
-    "LossExploding without the patience > 0 guard": (
+    # An explosion seen by one scrape only (the run then finishes): on the
+    # instant value the page would go with the endpoint.
+    "LossExploding on the last value": (
         "LossExploding", "alerts.yml",
-        "\n            and max_over_time(plasticity_loss_exploding_patience_evaluations[10m]) > 0", "",
+        "max_over_time(plasticity_loss_explosions_total[10m]) > 0",
+        "plasticity_loss_explosions_total > 0",
     ),
-    # The patience is the number of exploding evaluations that marks the loss
-    # as exploding: reaching it fires (the default, 1, would otherwise need 2).
-    "LossExploding only past the patience": (
+    # increase() cannot see an explosion counted before the first scrape.
+    "LossExploding via increase()": (
         "LossExploding", "alerts.yml",
-        "            >= max_over_time(plasticity_loss_exploding_patience_evaluations[10m])",
-        "            > max_over_time(plasticity_loss_exploding_patience_evaluations[10m])",
-    ),
-    # Any exploding evaluation is not yet an exploding loss (patience > 1).
-    "LossExploding ignoring the patience": (
-        "LossExploding", "alerts.yml",
-        ("              max_over_time(plasticity_loss_exploding_evaluations[10m])\n"
-         "            >= max_over_time(plasticity_loss_exploding_patience_evaluations[10m])\n"
-         "            and max_over_time(plasticity_loss_exploding_patience_evaluations[10m]) > 0"),
-        "              max_over_time(plasticity_loss_exploding_evaluations[10m]) > 0",
-    ),
-    # A run that explodes in its last epoch finishes right after: on instant
-    # values the alert would go with its endpoint.
-    "LossExploding on the last values": (
-        "LossExploding", "alerts.yml",
-        ("              max_over_time(plasticity_loss_exploding_evaluations[10m])\n"
-         "            >= max_over_time(plasticity_loss_exploding_patience_evaluations[10m])\n"
-         "            and max_over_time(plasticity_loss_exploding_patience_evaluations[10m]) > 0"),
-        ("              plasticity_loss_exploding_evaluations\n"
-         "            >= plasticity_loss_exploding_patience_evaluations\n"
-         "            and plasticity_loss_exploding_patience_evaluations > 0"),
+        "max_over_time(plasticity_loss_explosions_total[10m]) > 0",
+        "increase(plasticity_loss_explosions_total[10m]) > 0",
     ),
     # A failed run exits after one scrape saw it: on the instant value the
     # page would resolve at once.

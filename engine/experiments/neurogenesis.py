@@ -42,6 +42,11 @@ __all__ = ["NeurogenesisConfig", "NeurogenesisExperiment"]
 class NeurogenesisExperiment:
     """Model, optimizer, data, neurogenesis and replay state of one run."""
 
+    #: The trainer's divergence watch reads the held-out reconstruction error:
+    #: the train loss of a class stage mixes level-wise losses of other scales
+    #: (a stage's mean is ~14x its first step's), the image-space error does not.
+    watched_loss = "val_loss"
+
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         fam: NeurogenesisConfig = cfg.family
         self.cfg, self.fam, self.device = cfg, fam, device

@@ -87,7 +87,8 @@ class ConsoleSink:
         table: dict[type, Any] = {
             ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
             ev.SeedTransition: self._on_transition, ev.NonFiniteLoss: self._on_nonfinite,
-            ev.Rollback: self._on_rollback, ev.RunEnded: self._on_run_ended,
+            ev.Rollback: self._on_rollback, ev.LossExplosion: self._on_explosion,
+            ev.RunEnded: self._on_run_ended,
         }
         if self.mode == "rich":
             table[ev.StepCompleted] = self._on_step
@@ -137,6 +138,9 @@ class ConsoleSink:
 
     def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
         self._say(logging.WARNING, f"epoch {e.epoch + 1}, step {e.step}: non-finite loss {e.value}")
+
+    def _on_explosion(self, e: ev.LossExplosion) -> None:
+        self._say(logging.ERROR, f"epoch {e.epoch + 1}: loss exploding ({e.loss:.4g}, {e.ratio:.1f}x its baseline)")
 
     def _on_rollback(self, e: ev.Rollback) -> None:
         self._say(logging.WARNING, f"rollback {e.attempt}/{e.max_rollbacks}: back to epoch {e.to_epoch + 1} "

@@ -41,13 +41,14 @@ _SCALARS = {
     "grad_norm": "grad_norm",
     "learning_rate": "learning_rate",
     "germination_accuracy_threshold": "germination_accuracy_threshold_ratio",
-    "train_loss_baseline_ratio": "train_loss_baseline_ratio",
+    "loss_baseline_ratio": "loss_baseline_ratio",
     "loss_exploding_evaluations": "loss_exploding_evaluations",
 }
 
 
 #: Counters of one process's incidents, not carried to a resumed process (see CounterLedger.open).
-PER_PROCESS = frozenset({"nonfinite_loss_steps_total", "rollbacks_total", "sink_errors_total"})
+PER_PROCESS = frozenset({"nonfinite_loss_steps_total", "rollbacks_total", "sink_errors_total",
+                         "loss_explosions_total"})
 
 
 class PrometheusSink:
@@ -111,6 +112,7 @@ class PrometheusSink:
             ev.RunStarted: self._started, ev.SeedTransition: self._transition,
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
             ev.RunEnded: self._ended, ev.MetricSamples: self._samples, ev.Rollback: self._rollback,
+            ev.LossExplosion: self._explosion,
         }
         return {ev.StepCompleted: self._step, ev.EpochCompleted: self._epoch,
                 **{etype: self._atomic(fn) for etype, fn in table.items()}}
@@ -171,7 +173,7 @@ class PrometheusSink:
         # restored totals, never below what an earlier process exported.
         self.counters.advance(("steps_total",), e.start_step)
         self.counters.advance(("epochs_total",), e.start_epoch)
-        for short in ("nonfinite_loss_steps_total", "rollbacks_total"):
+        for short in ("nonfinite_loss_steps_total", "rollbacks_total", "loss_explosions_total"):
             self.counters.advance((short,), 0)  # exposed from the start
         if self._seeds_family:
             self.counters.advance(("germinations_total",), e.germinations)
@@ -207,6 +209,9 @@ class PrometheusSink:
 
     def _rollback(self, e: ev.Rollback) -> None:
         self.counters.bump(("rollbacks_total",))
+
+    def _explosion(self, e: ev.LossExplosion) -> None:
+        self.counters.bump(("loss_explosions_total",))
 
     def _apply_epoch(self, e: ev.EpochCompleted) -> None:
         self.counters.advance(("epochs_total",), e.epoch + 1)

@@ -67,6 +67,7 @@ class TensorBoardSink:
             ev.SeedTransition: self._on_transition,
             ev.NonFiniteLoss: self._on_nonfinite,
             ev.Rollback: self._on_rollback,
+            ev.LossExplosion: self._on_explosion,
             ev.SinkFailed: self._on_sink_failed,
             ev.RunEnded: self._on_run_ended,
         }
@@ -119,6 +120,9 @@ class TensorBoardSink:
         why = f" ({e.reason})" if e.reason else ""
         self._text(f"epoch {e.epoch}: seed `{e.seed_id}` on `{e.layer}` "
                    f"{e.from_state} -> {e.to_state}{why}")
+
+    def _on_explosion(self, e: ev.LossExplosion) -> None:
+        self._text(f"epoch {e.epoch}: loss exploding ({e.loss:.4g}, {e.ratio:.1f}x its baseline)")
 
     def _on_rollback(self, e: ev.Rollback) -> None:
         self._text(f"epoch {e.epoch}, step {e.step}: non-finite loss {e.value}; rollback {e.attempt}/"

@@ -150,6 +150,17 @@ class NonFiniteLoss:
 
 
 @dataclass(frozen=True)
+class LossExplosion:
+    """The watched loss stayed far above its baseline for ``patience`` evaluations (once per episode)."""
+
+    epoch: int
+    step: int
+    loss: float  # the epoch's watched loss (train loss, or the family's choice)
+    ratio: float  # over its baseline: min(loss at initialisation, best epoch so far)
+    evaluations: int  # consecutive exploding evaluations (= the patience)
+
+
+@dataclass(frozen=True)
 class Rollback:
     """After a non-finite loss the run went back to its last good checkpoint.
 

@@ -26,8 +26,8 @@ import torch
 from engine.experiments.base import Experiment
 from engine.fsutil import atomic_write_text
 from engine.telemetry.bus import EventBus
-from engine.telemetry.events import (EpochCompleted, NonFiniteLoss, Rollback, RunEnded, RunStarted,
-                                     SeedTransition, StepCompleted)
+from engine.telemetry.events import (EpochCompleted, LossExplosion, NonFiniteLoss, Rollback, RunEnded,
+                                     RunStarted, SeedTransition, StepCompleted)
 from engine.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from engine.training.divergence import ExplosionWatch
 from engine.training.faults import FaultDrills
@@ -179,14 +179,16 @@ class Trainer:
         duration = time.perf_counter() - t0
         used, limit = device_memory(self.exp.device)
         train_loss = loss_sum / max(n_steps, 1)
-        was_exploding = self.watch.exploding
+        watched = report.metrics.get(getattr(self.exp, "watched_loss", "train_loss"), train_loss)
         self.last = {"train_loss": train_loss, "grad_norm": grad_sum / max(n_steps, 1),
                      "learning_rate": self.exp.learning_rate(), **report.metrics,
-                     **self.watch.observe(phase, train_loss),
+                     **self.watch.observe(watched),
                      "device_memory_used_bytes": used, "device_memory_limit_bytes": limit}
-        if self.watch.exploding and not was_exploding:
-            log.error("training loss is exploding: %.4g, %.1fx its baseline for %d evaluations",
-                      train_loss, self.last["train_loss_baseline_ratio"], self.watch.count)
+        if self.watch.erupted:
+            log.error("loss is exploding: %.4g, %.1fx its baseline for %d evaluation(s)",
+                      watched, self.last["loss_baseline_ratio"], self.watch.count)
+            self.bus.publish(LossExplosion(epoch, self.step, watched, self.last["loss_baseline_ratio"],
+                                           self.watch.count))
         if "val_accuracy" in report.metrics:  # families without accuracy (autoencoders) report none
             self.best_acc = max(self.best_acc, report.metrics["val_accuracy"])
             self.last["best_val_accuracy"] = self.best_acc
