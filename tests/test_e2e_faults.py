@@ -95,7 +95,10 @@ FAMILY_ARGS = {
                            mid=["--base_epochs", "100", "--class_order", "0", "--plasticity_epochs", "2",
                                 "--stability_epochs", "2"], step=700,
                            long=["--base_epochs", "100000", "--class_order", "0,2"],
-                           blowup=["--base_epochs", "6", "--class_order", "0,2", "--fault_lr_scale_step", "150"]),
+                           # Adam at 1e5x: the autoencoder's base loss stays ~6x its best (1000x only
+                           # collapses it to the mean image, ~4.5x: under explode_factor 5).
+                           blowup=["--base_epochs", "12", "--class_order", "0", "--fault_lr_scale_step", "60",
+                                   "--fault_lr_scale", "100000"]),
     # 203 steps per task (one epoch each).
     "plasticity": Family(short=["--n_tasks", "6"], mid=["--n_tasks", "8"], step=1000,
                          long=["--n_tasks", "100000"],

@@ -99,8 +99,8 @@ class Experiment(Protocol):
     #   manifest() -> dict: what data went in (written to run_dir/manifest.json at start);
     #   write_artifacts(directory: Path) -> None: CSV/PNG/JSON artifacts, called at
     #     every end of a run (finished, diverged, interrupted) into run_dir/artifacts.
-    #   watched_loss: str -> the EpochReport metric the trainer's divergence watch
-    #     compares with the loss at initialisation (default: the mean train loss).
+    #   watched_loss(phase) -> str: the EpochReport metric the trainer's divergence
+    #     watch reads in that phase (default: the mean train loss, "train_loss").
 
 
 def scale_optimizer_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -42,11 +42,6 @@ __all__ = ["NeurogenesisConfig", "NeurogenesisExperiment"]
 class NeurogenesisExperiment:
     """Model, optimizer, data, neurogenesis and replay state of one run."""
 
-    #: The trainer's divergence watch reads the held-out reconstruction error:
-    #: the train loss of a class stage mixes level-wise losses of other scales
-    #: (a stage's mean is ~14x its first step's), the image-space error does not.
-    watched_loss = "val_loss"
-
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         fam: NeurogenesisConfig = cfg.family
         self.cfg, self.fam, self.device = cfg, fam, device
@@ -91,6 +86,17 @@ class NeurogenesisExperiment:
     def phases(self) -> list[tuple[str, int]]:
         """Base training, then one epoch per new class."""
         return [("base", self.fam.base_epochs), ("incremental", len(self.order))]
+
+    @staticmethod
+    def watched_loss(phase: str) -> str:
+        """The metric the trainer's divergence watch reads in ``phase``.
+
+        Base training: its train loss. A class stage's train loss mixes
+        level-wise losses of other scales (a stage's mean is ~14x its first
+        step's), so stages are watched through the held-out reconstruction
+        error, an image-space MSE like the base loss.
+        """
+        return "train_loss" if phase == "base" else "val_loss"
 
     def _train_x(self, classes: list[int]) -> torch.Tensor:
         return self.x_train[torch.isin(self.y_train, torch.tensor(classes, device=self.device))]

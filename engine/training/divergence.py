@@ -4,10 +4,11 @@ A loss that blows up without becoming NaN (e.g. a learning rate far too
 high) can leave a run "finished" at chance level, and a baseline-window
 alert needs half an hour of history to see it. The trainer therefore
 compares each epoch's watched loss (the mean train loss; a family whose
-train loss changes scale between phases names another, e.g. the
-neurogenesis family's validation loss) with a baseline known from the run's
-first steps: the lower of the loss at initialisation (the run's first step,
-before any update) and the best epoch so far. An epoch above ``factor``
+train loss changes scale in a phase names another metric for it, e.g. the
+neurogenesis family's validation loss in its class stages) with a baseline
+known from the run's first steps: the lower of the loss at initialisation
+(the run's first step, before any update) and the best epoch of that metric
+so far. An epoch above ``factor``
 times that baseline is an exploding evaluation; ``patience`` consecutive ones
 make an explosion, which the trainer publishes as an event (counted, so a
 short episode between two scrapes is not missed). Measured with every
@@ -19,7 +20,7 @@ epoch it hits, hence the defaults: 5x, one evaluation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -30,7 +31,7 @@ class ExplosionWatch:
     factor: float = 5.0
     patience: int = 1
     initial: float = math.nan  # loss of the first finite step; NaN until seen
-    best: float = math.inf  # best watched loss of an epoch so far
+    best: dict[str, float] = field(default_factory=dict)  # watched metric -> its best epoch so far
     count: int = 0  # consecutive exploding evaluations
 
     def first_loss(self, loss: float) -> None:
@@ -38,13 +39,14 @@ class ExplosionWatch:
         if math.isnan(self.initial) and math.isfinite(loss):
             self.initial = loss
 
-    def observe(self, loss: float) -> dict[str, float]:
-        """Update with an epoch's watched loss; returns the exported values."""
-        baseline = min(self.initial, self.best) if not math.isnan(self.initial) else math.nan
+    def observe(self, metric: str, loss: float) -> dict[str, float]:
+        """Update with an epoch's watched loss (named ``metric``); returns the exported values."""
+        best = self.best.get(metric, math.inf)
+        baseline = min(self.initial, best) if not math.isnan(self.initial) else math.nan
         ratio = loss / baseline if baseline > 0 and math.isfinite(loss) else 0.0
         self.count = self.count + 1 if ratio > self.factor else 0
         if math.isfinite(loss):
-            self.best = min(self.best, loss)
+            self.best[metric] = min(best, loss)
         return {"loss_baseline_ratio": ratio, "loss_exploding_evaluations": float(self.count)}
 
     @property
@@ -54,8 +56,9 @@ class ExplosionWatch:
 
     def state_dict(self) -> dict[str, Any]:
         """Reference losses and the current streak."""
-        return {"initial": self.initial, "best": self.best, "count": self.count}
+        return {"initial": self.initial, "best": dict(self.best), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.initial, self.best, self.count = float(state["initial"]), float(state["best"]), int(state["count"])
+        self.initial, self.count = float(state["initial"]), int(state["count"])
+        self.best = {str(k): float(v) for k, v in state["best"].items()}

@@ -179,10 +179,12 @@ class Trainer:
         duration = time.perf_counter() - t0
         used, limit = device_memory(self.exp.device)
         train_loss = loss_sum / max(n_steps, 1)
-        watched = report.metrics.get(getattr(self.exp, "watched_loss", "train_loss"), train_loss)
+        pick = getattr(self.exp, "watched_loss", None)  # optional: the family's choice per phase
+        metric = pick(phase) if callable(pick) else "train_loss"
+        watched = report.metrics.get(metric, train_loss) if metric != "train_loss" else train_loss
         self.last = {"train_loss": train_loss, "grad_norm": grad_sum / max(n_steps, 1),
                      "learning_rate": self.exp.learning_rate(), **report.metrics,
-                     **self.watch.observe(watched),
+                     **self.watch.observe(metric, watched),
                      "device_memory_used_bytes": used, "device_memory_limit_bytes": limit}
         if self.watch.erupted:
             log.error("loss is exploding: %.4g, %.1fx its baseline for %d evaluation(s)",
