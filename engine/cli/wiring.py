@@ -210,7 +210,7 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
         try:
             with stop_on_signals(trainer):
                 outcome = trainer.run()
-            bus.flush()  # failures of threaded sinks on the last events are counted before the end is served
+            bus.flush()  # threaded sinks finish RunEnded (MLflow's end of run): a failure there is counted before the linger
         except Exception as exc:
             log.exception("run failed")
             outcome = Outcome("failed", trainer.final_metrics(), f"{type(exc).__name__}: {exc}")

@@ -148,6 +148,7 @@ class Trainer:
         return outcome
 
     def _scale_lr(self, factor: float) -> None:
+        # Looked up at call time: a rollback may have replaced self.exp.
         self.exp.scale_learning_rate(factor)
 
     def _run_epoch(self, epoch: int, phase: str) -> str:
