@@ -56,6 +56,15 @@ class TrainConfig(Section):
     explode_patience: int = Field(
         1, ge=0, le=10000, description="Consecutive exploding evaluations that make an explosion "
         "(an event, counted and alerted on; 0 disables).")
+    impact_settle: int = Field(
+        2, ge=1, le=10000, description="Evaluations after a structural change (germination, blend, "
+        "growth, replacement, ...) at which its effect on the quality figure is measured.")
+    impact_tolerance: float = Field(
+        0.02, ge=0, le=100, description="A structural change is harmful when the quality figure "
+        "(e.g. val loss) after its settle window is worse than before by more than this fraction.")
+    impact_streak: int = Field(
+        3, ge=0, le=1000, description="Harmful structural changes in a row (with no improving one "
+        "between) that raise StructuralChangesHurting (0 disables the alert for the run).")
     # -- fault drills: every family has them, applied by the trainer ----------------
     fault_nan_step: int = Field(
         -1, ge=-1, description="Fault drill: make the loss of this step NaN (-1 off; fires once per process).")

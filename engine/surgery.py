@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from engine.mechanisms.seed_plans import BlendSeed, CullSeed, GerminateSeed
+from engine.mechanisms.seed_plans import BlendSeed, CullSeed, FossilizeSeed, GerminateSeed
 from engine.mechanisms.plans import (
     AddParameters,
     GrowUnits,
@@ -50,11 +50,11 @@ def apply_plan(
         _reinit(model, optimizer, plan, generator)
     elif isinstance(plan, (AddParameters, RemoveParameters)):
         _add_or_remove(model, optimizer, plan)
-    elif isinstance(plan, (GerminateSeed, BlendSeed, CullSeed)):
+    elif isinstance(plan, (GerminateSeed, BlendSeed, CullSeed, FossilizeSeed)):
         _seed_lifecycle(model, optimizer, plan)
     else:
         raise PlanError("plan", type(plan).__name__, "a GrowUnits, PruneUnits, ReinitUnits, "
-                        "AddParameters, RemoveParameters, GerminateSeed, BlendSeed or CullSeed")
+                        "AddParameters, RemoveParameters, GerminateSeed, BlendSeed, CullSeed or FossilizeSeed")
 
 
 def apply_plans(
@@ -277,12 +277,14 @@ def _add_or_remove(model: nn.Module, optimizer: torch.optim.Optimizer | None,
 
 # ----------------------------------------------------------------- seed lifecycle
 
-_SEED_FROM = {GerminateSeed: ("dormant",), BlendSeed: ("training",), CullSeed: ("training", "blending", "active")}
+_SEED_FROM = {GerminateSeed: ("dormant",), BlendSeed: ("training",), CullSeed: ("training", "blending", "active"),
+              FossilizeSeed: ("active",)}
 
 
 def _seed_lifecycle(model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    plan: GerminateSeed | BlendSeed | CullSeed) -> None:
-    """Seed transitions; a blending seed's child joins the main optimizer (fresh state)."""
+                    plan: GerminateSeed | BlendSeed | CullSeed | FossilizeSeed) -> None:
+    """Seed transitions; a blending seed's child may join the main optimizer (fresh state),
+    a culled or fossilized one leaves it (with its state)."""
     seed = _module(model, f"seeds.{plan.seed}", "seed")
     allowed = _SEED_FROM[type(plan)]
     if getattr(seed, "state", None) not in allowed:
@@ -291,11 +293,14 @@ def _seed_lifecycle(model: nn.Module, optimizer: torch.optim.Optimizer | None,
     if isinstance(plan, GerminateSeed):
         seed.germinate()
     elif isinstance(plan, BlendSeed):
-        seed.start_blending(plan.blend_steps)
-        if optimizer is not None:
-            _add_or_remove(model, optimizer, AddParameters(f"seeds.{plan.seed}.child"))
+        seed.start_blending(plan.blend_steps, keep_optimizer=plan.lr is None)
+        if optimizer is not None and plan.lr is not None:
+            _add_or_remove(model, optimizer, AddParameters(f"seeds.{plan.seed}.child", {"lr": plan.lr}))
     else:
         registered = {id(p) for g in (optimizer.param_groups if optimizer else []) for p in g["params"]}
         if any(id(p) in registered for p in seed.child.parameters()):
             _add_or_remove(model, optimizer, RemoveParameters(f"seeds.{plan.seed}.child"))
-        seed.cull()
+        if isinstance(plan, CullSeed):
+            seed.cull()
+        else:
+            seed.fossilize()

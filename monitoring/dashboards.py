@@ -80,7 +80,7 @@ RUN = 'job=~"$job", sweep=~"$sweep", run_id=~"$run", trial=~"$trial"'
 LAYER = 'layer=~"$layer"'
 LEGEND_RUN = "{{run_id}} {{sweep}} {{trial}}"
 LEGEND_SEED = "{{run_id}} {{layer}}/{{seed}}"
-STATE_COLORS = {"dormant": "text", "training": "blue", "blending": "yellow", "active": "green", "failed": "red"}
+STATE_COLORS = {"dormant": "text", "training": "blue", "blending": "yellow", "active": "green", "fossilized": "purple", "failed": "red"}
 
 
 def alert_threshold(alert: str, series: str, path: Path = ALERTS_YML) -> float:

@@ -101,6 +101,9 @@ class Experiment(Protocol):
     #     every end of a run (finished, diverged, interrupted) into run_dir/artifacts.
     #   watched_loss(phase) -> str: the EpochReport metric the trainer's divergence
     #     watch reads in that phase (default: the mean train loss, "train_loss").
+    #   quality_metric(phase) -> str: the EpochReport metric (lower is better) that
+    #     structural-change accounting compares before and after each
+    #     StructuralChange (default "val_loss"; "" turns accounting off in that phase).
 
 
 def scale_optimizer_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -7,7 +7,10 @@ germinates seeds, whose children then train, blend in and stay active.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+
+import logging
+import math
 
 import torch
 from pydantic import Field, model_validator
@@ -19,13 +22,15 @@ from engine.data.synthetic import DataConfig, make_problem
 from engine.experiments.base import EpochReport, StepResult, scale_optimizer_lr
 from engine.mechanisms.germination import GerminationController
 from engine.mechanisms.plans import AddParameters
-from engine.mechanisms.seed_plans import BlendSeed, CullSeed
+from engine.mechanisms.seed_guard import SeedGuard
+from engine.mechanisms.seed_plans import BlendSeed, CullSeed, FossilizeSeed
 from engine.models.seed import SentinelSeed
 from engine.models.trunk import SeededMLP
 from engine.registry import register_experiment
 from engine.surgery import apply_plan
-from engine.telemetry.events import LayerSignal, SeedSnapshot, SeedTransition
+from engine.telemetry.events import LayerSignal, SeedSnapshot, SeedTransition, StructuralChange
 
+log = logging.getLogger(__name__)
 PROBE_SIZE = 256  # validation samples used for seed health and drift
 
 
@@ -42,6 +47,20 @@ class SeedsConfig(Section):
     shadow_lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of a seed's own optimizer.")
     progress_thresh: float = Field(0.6, gt=0, le=1, description="Seed reconstruction progress (1 - loss/initial) to start blending.")
     seed_max_steps: int = Field(1500, ge=1, description="Seed training steps before it is culled as not converging.")
+    child_optimizer: Literal["main", "own"] = Field(
+        "main", description="How a blending/active child learns the task: in the main optimizer "
+        "(at child_lr_scale x lr) or with its own Adam at shadow_lr.")
+    child_lr_scale: float = Field(0.1, gt=0, le=100, description="Learning rate of children in the "
+                                  "main optimizer, as a multiple of lr (child_optimizer main).")
+    blend_tolerance: float = Field(0.02, ge=0, le=10, description="A seed is rolled back and culled when "
+                                   "val loss at the end of its probation exceeds its pre-blend value by "
+                                   "more than this fraction; otherwise it is accepted and fossilized.")
+    blend_abort: float = Field(0.5, ge=0, le=1000, description="A seed is rolled back at once when val loss "
+                               "while it blends or is on probation exceeds its pre-blend value by more "
+                               "than this fraction.")
+    probation_epochs: int = Field(5, ge=0, le=100000, description="Evaluations after alpha reaches 1 "
+                                  "during which a seed can still be rolled back; no other seed "
+                                  "germinates meanwhile.")
     reservoir_size: int = Field(512, ge=8, le=10**6, description="Max interface activations a seed keeps.")
     acc_threshold: float = Field(0.95, gt=0, le=1, description="Germinate only while val accuracy is below this.")
     patience: int = Field(5, ge=1, description="Plateau epochs before germination.")
@@ -82,6 +101,7 @@ class SeedsExperiment:
             torch.optim.Adam(params, lr=tc.lr) if tc.optimizer == "adam"
             else torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum))
         self.controller = GerminationController(fam.patience, fam.delta, fam.acc_threshold)
+        self.guard = SeedGuard(fam.blend_tolerance, fam.probation_epochs, fam.blend_abort)
         self.groups: list[str] = []  # seeds whose children joined the main optimizer, in order
         self.epoch = 0
         self.loss_fn = nn.CrossEntropyLoss()
@@ -121,30 +141,51 @@ class SeedsExperiment:
         """Task step on the trunk / blending seeds, then the seeds' own steps."""
         grad_norm = 0.0
         if loss.requires_grad:  # a frozen trunk with no blending seed has nothing to train
+            own = [s.opt for s in self._seeds() if s.opt is not None and s.state in ("blending", "active")]
             self.optimizer.zero_grad(set_to_none=True)
+            for opt in own:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             self.optimizer.step()
+            for opt in own:  # child_optimizer "own": children step with their own Adam
+                opt.step()
         events: list[Any] = []
         for s in self._seeds():
             if s.state == "training":
                 outcome = s.train_step(self.gen)
                 if outcome == "ready":
-                    events += self._apply(s, BlendSeed(s.seed_id, self.fam.blend_steps, "reconstruction converged"))
+                    lr = (self.learning_rate() * self.fam.child_lr_scale
+                          if self.fam.child_optimizer == "main" else None)
+                    events += self._apply(s, BlendSeed(s.seed_id, self.fam.blend_steps,
+                                                       "reconstruction converged", lr), "blend_start")
                 elif outcome == "failed":
-                    events += self._apply(s, CullSeed(s.seed_id, f"no convergence after {s.train_steps} steps"))
+                    events += self._apply(s, CullSeed(s.seed_id, f"no convergence after {s.train_steps} steps"),
+                                          "cull")
             elif s.state == "blending" and s.advance_blend():
-                events.append(SeedTransition(s.seed_id, s.layer, "blending", "active", self.epoch, "alpha reached 1"))
+                self.guard.blended(s.seed_id)
+                events += [SeedTransition(s.seed_id, s.layer, "blending", "active", self.epoch, "alpha reached 1"),
+                           StructuralChange("blend_end", s.layer, self.epoch, 1, s.seed_id, "alpha reached 1")]
         return StepResult(len(batch[1]), grad_norm, events)
 
-    def _apply(self, seed: SentinelSeed, plan: Any) -> list[Any]:
+    def _apply(self, seed: SentinelSeed, plan: Any, kind: str, quality: float = math.nan) -> list[Any]:
+        """Apply a lifecycle plan through surgery; the transition and structural-change events.
+
+        ``quality`` is the val loss measured just before the change, when known.
+        """
         before = seed.state
         apply_plan(self.model, self.optimizer, plan)
         if isinstance(plan, BlendSeed):
-            self.groups.append(plan.seed)
+            if plan.lr is not None:
+                self.groups.append(plan.seed)
+            self.guard.start(plan.seed)
             self._observe_seeds(reset_ref=seed)
-        return [SeedTransition(seed.seed_id, seed.layer, before, seed.state, self.epoch, plan.reason)]
+        elif isinstance(plan, (CullSeed, FossilizeSeed)) and plan.seed in self.groups:
+            self.groups.remove(plan.seed)
+        return [SeedTransition(seed.seed_id, seed.layer, before, seed.state, self.epoch, plan.reason),
+                StructuralChange(kind, seed.layer, self.epoch, 1, seed.seed_id, plan.reason,
+                                 quality_before=quality)]
 
     # -- evaluation and mechanisms --------------------------------------------
     @torch.no_grad()
@@ -166,27 +207,42 @@ class SeedsExperiment:
         """Validation metrics, per-neuron signals, seed diagnostics, germination."""
         if epoch == self.fam.fault_reset_epoch:
             self.model.head.reset_parameters()  # fault drill: a sudden accuracy collapse
-        self.model.eval()
-        logits, acts = self.model.forward_with_activations(self.x_val)  # one pass for everything
-        val_loss = float(self.loss_fn(logits, self.y_val))
-        val_acc = float((logits.argmax(1) == self.y_val).float().mean())
+        val_loss, val_acc, acts = self._evaluate()
+        events: list[Any] = []
+        verdict = self.guard.observe(val_loss)
+        if isinstance(verdict, CullSeed):  # the seed in flight hurt: back to the model without it
+            events += self._apply(self.model.seeds[verdict.seed], verdict, "seed_rollback",  # type: ignore[arg-type]
+                                  quality=val_loss)  # judged against the loss that made it roll back
+            log.warning("seed %s %s", verdict.seed, verdict.reason)
+            val_loss, val_acc, acts = self._evaluate()  # report the model as it now stands
+            self.guard.last_loss = val_loss
+        elif verdict is not None:
+            events += self._apply(self.model.seeds[verdict.seed], verdict, "fossilize")  # type: ignore[arg-type]
         self._observe_seeds(acts=acts)
         layers = tuple(LayerSignal(f"layers.{i}", "activation_abs_mean", h.abs().mean(0).cpu().numpy())
                        for i, h in enumerate(acts))
-        events: list[Any] = []
         if phase == "adaptation":
             dormant = {s.seed_id: s.health for s in self._seeds() if s.state == "dormant"}
-            plan = self.controller.observe(val_loss, val_acc, dormant)
+            busy = self.guard.busy or any(s.state == "training" for s in self._seeds())
+            plan = self.controller.observe(val_loss, val_acc, dormant, busy)
             if plan is not None:
                 seed = self.model.seeds[plan.seed]
                 apply_plan(self.model, self.optimizer, plan)
-                events.append(SeedTransition(plan.seed, seed.layer, "dormant", "training", epoch, plan.reason))
+                events += [SeedTransition(plan.seed, seed.layer, "dormant", "training", epoch, plan.reason),
+                           StructuralChange("germinate", seed.layer, epoch, 1, plan.seed, plan.reason)]
         seeds = tuple(SeedSnapshot(s.seed_id, s.layer, s.state, s.alpha, s.drift, s.health,
                                    s.ema_loss if s.ema_loss == s.ema_loss else 0.0) for s in self._seeds())
         metrics = {"val_loss": val_loss, "val_accuracy": val_acc,
                    "germination_accuracy_threshold": self.fam.acc_threshold}
         return EpochReport(metrics, events, seeds, layers,
                            self.controller.plateau, self.fam.patience)
+
+    def _evaluate(self) -> tuple[float, float, list[torch.Tensor]]:
+        """Validation loss, accuracy and the trunk activations ``[n_val, hidden_dim]`` per layer."""
+        self.model.eval()
+        logits, acts = self.model.forward_with_activations(self.x_val)  # one pass for everything
+        val_loss = float(self.loss_fn(logits, self.y_val))
+        return val_loss, float((logits.argmax(1) == self.y_val).float().mean()), acts
 
     # -- bookkeeping ----------------------------------------------------------------
     def parameter_count(self) -> int:
@@ -209,6 +265,7 @@ class SeedsExperiment:
         """Model, optimizer (with seed groups), controller and generator."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "groups": list(self.groups), "controller": self.controller.state_dict(),
+                "guard": self.guard.state_dict(),
                 "generator": self.gen.get_state(), "architecture": self.architecture()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -222,4 +279,6 @@ class SeedsExperiment:
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer.defaults["lr"] = self.optimizer.param_groups[0]["lr"]  # a rollback's scale, if any
         self.controller.load_state_dict(state["controller"])
+        if "guard" in state:  # checkpoints written before the guard existed have none
+            self.guard.load_state_dict(state["guard"])
         self.gen.set_state(state["generator"])

@@ -6,6 +6,12 @@ plateau reaches ``patience`` while accuracy is below ``acc_threshold``, the
 dormant seed with the worst health (lowest interface activation variance) is
 chosen. It returns a plan and never touches the model itself; at most one
 germination per epoch follows from returning at most one plan per call.
+
+While a seed is busy (training, blending or on probation) the controller
+does not count plateaus, and it takes the loss of the model as that seed left
+it as its new best: a plateau or a worsening *caused by a seed* therefore never
+germinates another one. Only a plateau of the model as it stands, ``patience``
+epochs long after the last seed was settled, does.
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ class GerminationController:
     best_loss: float = math.inf
     plateau: int = 0
 
-    def observe(self, val_loss: float, val_acc: float, dormant_health: dict[str, float]) -> GerminateSeed | None:
+    def observe(self, val_loss: float, val_acc: float, dormant_health: dict[str, float],
+                busy: bool = False) -> GerminateSeed | None:
         """Record one adaptation epoch; return a plan when a seed should germinate.
 
-        ``dormant_health`` maps each dormant seed id to its health signal.
+        ``dormant_health`` maps each dormant seed id to its health signal;
+        ``busy`` is true while a seed is training, blending or on probation.
         """
+        if busy:
+            self.best_loss, self.plateau = val_loss, 0
+            return None
         if val_loss < self.best_loss - self.delta:
             self.best_loss, self.plateau = val_loss, 0
             return None

@@ -15,10 +15,23 @@ class GerminateSeed:
 
 @dataclass(frozen=True)
 class BlendSeed:
-    """training -> blending: the child joins the main optimizer, alpha ramps up."""
+    """training -> blending: alpha ramps up; the child trains on the task loss.
+
+    With ``lr`` set the child joins the main optimizer as its own param group
+    at that learning rate; with ``lr=None`` it keeps its own optimizer.
+    """
 
     seed: str
     blend_steps: int
+    reason: str = ""
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class FossilizeSeed:
+    """active -> fossilized: the seed passed probation; its child is frozen (alpha stays 1)."""
+
+    seed: str
     reason: str = ""
 
 

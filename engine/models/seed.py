@@ -1,6 +1,8 @@
 """A morphogenetic sentinel seed: a child network at a trunk interface.
 
-Lifecycle: dormant -> training -> blending -> active, or -> failed (culled).
+Lifecycle: dormant -> training -> blending -> active -> fossilized (accepted
+and frozen), or -> failed (culled: not converging, or rolled back because it
+made the model worse).
 The seed's output is always ``y = x + alpha * (child(x) - x)`` (x: [batch, d]).
 This single continuous form is why the model's output cannot jump when blending
 ends: ``active`` is just ``alpha == 1`` of the same expression. Dormant and
@@ -112,9 +114,14 @@ class SentinelSeed(nn.Module):
         self.opt = torch.optim.Adam(self.child.parameters(), lr=self.shadow_lr)
         self.state = "training"
 
-    def start_blending(self, blend_steps: int) -> None:
-        """training -> blending: alpha ramps 0 -> 1 over ``blend_steps`` steps."""
-        self.opt = None  # the main optimizer takes over the child's parameters
+    def start_blending(self, blend_steps: int, keep_optimizer: bool = False) -> None:
+        """training -> blending: alpha ramps 0 -> 1 over ``blend_steps`` steps.
+
+        The child then learns from the task loss: with its own optimizer when
+        ``keep_optimizer``, else the main optimizer takes its parameters over.
+        """
+        if not keep_optimizer:
+            self.opt = None
         self.blend_steps, self.blend_done = max(blend_steps, 1), 0
         self.state = "blending"
 
@@ -130,6 +137,12 @@ class SentinelSeed(nn.Module):
             return True
         return False
 
+    def fossilize(self) -> None:
+        """active -> fossilized: keep the child (alpha 1) but stop training it."""
+        self.state, self.opt = "fossilized", None
+        for p in self.child.parameters():
+            p.requires_grad_(False)
+
     def cull(self) -> None:
         """-> failed: no effect on the output, parameters frozen."""
         self.state, self.alpha, self.opt = "failed", 0.0, None
@@ -140,7 +153,7 @@ class SentinelSeed(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         """Update health and drift from probe activations ``x: [probe, dim]``."""
         self.health = float(x.var(dim=0, unbiased=False).mean())
-        if self.state in ("blending", "active"):
+        if self.state in ("blending", "active", "fossilized"):
             if self.drift_ref.shape[0] != x.shape[0]:
                 self.drift_ref = x.detach().clone()
             cos = nn.functional.cosine_similarity(x, self.drift_ref, dim=1, eps=1e-8)

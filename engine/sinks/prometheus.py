@@ -24,6 +24,7 @@ from engine.errors import ConfigError
 from engine.telemetry import events as ev
 from engine.sinks.counters import CounterLedger
 from engine.sinks.prometheus_registry import ConsistentRegistry, ScrapeWatch, make_metric
+from engine.sinks.prometheus_structural import StructuralExport
 from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class PrometheusSink:
         self._experiment = ""
         self._phases: tuple[str, ...] = ev.PHASES
         self.counters = CounterLedger(self._c)  # every counter increment goes through it
+        self.structural = StructuralExport(self._c, self.counters, self.m["structural_impact_info"])
         self._final_status = ""
         self._ended_at = 0.0
         self.host = host
@@ -113,6 +115,8 @@ class PrometheusSink:
             ev.NonFiniteLoss: self._nonfinite, ev.SinkFailed: self._sink_failed,
             ev.RunEnded: self._ended, ev.MetricSamples: self._samples, ev.Rollback: self._rollback,
             ev.LossExplosion: self._explosion,
+            ev.StructuralChange: lambda e: self.structural.change(e),
+            ev.StructuralImpact: lambda e: self.structural.impact(e),
         }
         return {ev.StepCompleted: self._step, ev.EpochCompleted: self._epoch,
                 **{etype: self._atomic(fn) for etype, fn in table.items()}}
@@ -166,6 +170,7 @@ class PrometheusSink:
         self._child.clear()
         self.counters = CounterLedger(self._c)
         self.counters.open(Path(e.run_dir), PER_PROCESS)  # a resumed run continues its counters
+        self.structural = StructuralExport(self._c, self.counters, self.m["structural_impact_info"])
         self.m["build_info"].labels(__version__, platform.python_version(), torch.__version__).set(1)
         self.m["run_info"].labels(e.run_id, e.experiment, e.device, e.config_hash).set(1)
         self._one_hot("run_status", ev.RUN_STATUSES, "running")
@@ -184,6 +189,7 @@ class PrometheusSink:
         train = e.config.get("train") or {}
         self._c("loss_exploding_patience_evaluations").set(float(train.get("explode_patience", 0)))
         self._c("loss_exploding_evaluations").set(0.0)
+        self.structural.started(e.run_id, int(train.get("impact_streak", 0)))
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())

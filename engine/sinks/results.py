@@ -53,7 +53,8 @@ class ResultsSink:
         return {ev.RunStarted: self._started, ev.EpochCompleted: self._epoch,
                 ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
                 ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured,
-                ev.Rollback: self._rolled_back, ev.LossExplosion: self._event}
+                ev.Rollback: self._rolled_back, ev.LossExplosion: self._event,
+                ev.StructuralChange: self._event, ev.StructuralImpact: self._event}
 
     def _write(self, final: bool = False) -> None:
         # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.

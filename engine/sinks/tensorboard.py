@@ -68,6 +68,7 @@ class TensorBoardSink:
             ev.NonFiniteLoss: self._on_nonfinite,
             ev.Rollback: self._on_rollback,
             ev.LossExplosion: self._on_explosion,
+            ev.StructuralImpact: self._on_impact,
             ev.SinkFailed: self._on_sink_failed,
             ev.RunEnded: self._on_run_ended,
         }
@@ -120,6 +121,9 @@ class TensorBoardSink:
         why = f" ({e.reason})" if e.reason else ""
         self._text(f"epoch {e.epoch}: seed `{e.seed_id}` on `{e.layer}` "
                    f"{e.from_state} -> {e.to_state}{why}")
+
+    def _on_impact(self, e: ev.StructuralImpact) -> None:
+        self._text(e.describe())
 
     def _on_explosion(self, e: ev.LossExplosion) -> None:
         self._text(f"epoch {e.epoch}: loss exploding ({e.loss:.4g}, {e.ratio:.1f}x its baseline)")

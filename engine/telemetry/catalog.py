@@ -14,6 +14,9 @@ from typing import Any, Literal
 PREFIX = "plasticity"
 #: Quantiles exported for per-neuron signals of each layer.
 NEURON_QUANTILES = ("0", "0.25", "0.5", "0.75", "1")
+#: Buckets of the relative change of the quality figure after a structural change
+#: ((after - before) / |before|; positive is worse).
+IMPACT_BUCKETS = (-0.2, -0.05, -0.02, 0.02, 0.05, 0.2, 1.0)
 #: Epoch-duration histogram buckets in seconds.
 EPOCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -49,6 +52,10 @@ S = ("run_id", "seed", "layer")
 L = ("run_id", "layer")
 C = ("run_id", "class")
 SEEDS, NDL, LOP = "seeds", "neurogenesis", "plasticity"
+#: Structural-change kinds each family makes (bounds the ``kind`` label's values).
+FAMILY_KINDS: dict[str, tuple[str, ...]] = {
+    SEEDS: ("germinate", "blend_start", "blend_end", "fossilize", "cull", "seed_rollback"),
+    NDL: ("grow",), LOP: ("replace",)}
 
 CATALOG: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
@@ -89,6 +96,14 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("neuron_activation_quantile", "gauge", "", L + ("quantile",), "Quantiles over the layer's units of mean |activation| on validation data."),
     _m("neuron_activation_topk", "gauge", "", L + ("rank",), "Largest per-unit mean |activation| values of the layer by rank slot."),
     _m("sink_errors_total", "counter", "", ("run_id", "sink"), "Telemetry sink failures (the sink is then disabled)."),
+    # -- structural-change accounting: every family --------------------------------
+    _m("structural_changes_total", "counter", "", ("run_id", "kind", "layer"), "Structural changes (germinate, blend_start, blend_end, fossilize, cull, seed_rollback, grow, replace, ...) by kind and layer."),
+    _m("structural_impact_change_ratio", "histogram", "ratio", ("run_id", "kind"), "Relative change of the family's quality figure (e.g. val loss; positive = worse) from just before a structural change to its settle window's end.", buckets=IMPACT_BUCKETS),
+    _m("structural_impact_last_change_ratio", "gauge", "ratio", ("run_id", "kind", "layer"), "Relative change of the quality figure caused by the latest settled structural change of this kind and layer (positive = worse)."),
+    _m("structural_impact_info", "gauge", "", ("run_id", "kind", "layer", "quality_before", "quality_after"), "The latest settled structural change of each kind and layer, with its quality figure before and after as labels (4 significant digits; one series per kind and layer at a time, for annotations); value is always 1."),
+    _m("structural_harmful_total", "counter", "", ("run_id", "kind"), "Settled structural changes that made the quality figure worse by more than impact_tolerance."),
+    _m("structural_harmful_streak", "gauge", "", R, "Harmful structural changes since the last one that improved the quality figure."),
+    _m("structural_harmful_streak_limit", "gauge", "", R, "Harmful streak that raises StructuralChangesHurting (impact_streak; 0 = off)."),
     _m("device_memory_used_bytes", "gauge", "bytes", ("run_id", "device"), "Memory in use on the device (CUDA allocated, or process RSS on CPU)."),
     _m("device_memory_limit_bytes", "gauge", "bytes", ("run_id", "device"), "Memory capacity of the device (CUDA total, or physical RAM on CPU)."),
     # -- neurogenesis (Draelos et al. 2017): class-incremental autoencoder ------
@@ -143,13 +158,17 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
 
     ``n_phases`` is the family's number of training phases (``done`` is added).
     """
-    from engine.telemetry.events import RUN_STATUSES, SEED_STATES
+    from engine.telemetry.events import RUN_STATUSES, SEED_STATES, STRUCTURAL_KINDS
 
     total = 0
     for m in CATALOG:
         if not m.applies_to(experiment):
             continue
-        if m.kind == "histogram":
+        if m.labels[1:2] == ("kind",):  # at most every kind (and layer) the family changes
+            per = len(m.buckets) + 3 if m.kind == "histogram" else 1
+            kinds = len(FAMILY_KINDS.get(experiment, STRUCTURAL_KINDS))
+            total += kinds * per * (n_layers if "layer" in m.labels else 1)
+        elif m.kind == "histogram":
             total += len(m.buckets) + 3  # buckets, +Inf, _sum, _count
         elif m.name.endswith("seed_state"):
             total += n_seeds * len(SEED_STATES)

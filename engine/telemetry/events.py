@@ -15,10 +15,16 @@ import numpy as np
 #: Terminal run statuses, as written to ``metrics.json`` and exported.
 RUN_STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 #: Lifecycle states of a morphogenetic seed.
-SEED_STATES = ("dormant", "training", "blending", "active", "failed")
+SEED_STATES = ("dormant", "training", "blending", "active", "fossilized", "failed")
 #: Training phases of every family (seeds: warm_up, adaptation; neurogenesis:
 #: base, incremental; plasticity: stream), plus ``done`` after the run.
 PHASES = ("warm_up", "adaptation", "base", "incremental", "stream", "done")
+#: Kinds of structural change a mechanism can make (a bounded label value).
+#: Seeds: germinate, blend_start, blend_end, fossilize, cull, seed_rollback; neurogenesis:
+#: grow; continual backprop / ReDo: replace; later families: prune, apoptosis,
+#: regrow, head_prune, head_clone.
+STRUCTURAL_KINDS = ("germinate", "blend_start", "blend_end", "fossilize", "cull", "seed_rollback", "grow", "prune",
+                    "replace", "apoptosis", "regrow", "head_prune", "head_clone")
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,72 @@ class SeedTransition:
     to_state: str
     epoch: int
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class StructuralChange:
+    """A mechanism changed the model's structure (returned by an experiment, published by the trainer).
+
+    Returned in ``StepResult.events`` when the change happened during a step
+    (its quality "before" is then the last evaluation before that epoch), or in
+    ``EpochReport.events`` when it was decided after the epoch's evaluation
+    (its "before" is that evaluation). Mechanisms that act every few steps
+    (continual backprop) aggregate: at most one event per layer per
+    diagnostics interval, ``units`` counting what changed.
+    """
+
+    kind: str  # one of STRUCTURAL_KINDS
+    layer: str  # the layer's name (bounded), e.g. "layers.3"
+    epoch: int
+    units: int = 1  # units, seeds or heads changed
+    subject: str = ""  # e.g. the seed id (never exported as a label)
+    reason: str = ""
+    step: int = -1  # the trainer's step count when published (set by the trainer)
+    quality_before: float = float("nan")  # the family's own "before" figure, when it measured one
+
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURAL_KINDS:
+            raise ValueError(f"structural kind {self.kind!r} not in {STRUCTURAL_KINDS}")
+
+
+@dataclass(frozen=True)
+class StructuralImpact:
+    """What a structural change did to the family's quality figure, once its settle window passed.
+
+    ``before`` is the quality figure (lower is better, e.g. validation loss) at
+    the last evaluation before the change, ``after`` the one ``settled``
+    evaluations later (fewer when the run ended first). ``delta`` is
+    ``after - before`` (positive: worse); ``relative`` divides it by
+    ``|before|``. ``harmful`` when ``relative`` exceeds the run's tolerance.
+    Accuracy figures are NaN for families without accuracy.
+    """
+
+    kind: str
+    layer: str
+    epoch: int  # epoch of the change
+    step: int  # step count at the change
+    units: int
+    subject: str
+    metric: str  # name of the quality figure, e.g. "val_loss"
+    before: float
+    after: float
+    delta: float
+    relative: float
+    harmful: bool
+    settled: int  # evaluations between before and after
+    accuracy_before: float = float("nan")
+    accuracy_after: float = float("nan")
+    streak: int = 0  # the run's harmful streak after this impact (see engine.training.impact)
+
+    def describe(self) -> str:
+        """One line for logs, TensorBoard text and annotations: what changed, before -> after."""
+        units = f" ({self.units} units)" if self.units != 1 else ""
+        who = f" {self.subject}" if self.subject else ""
+        verdict = "harmful" if self.harmful else "ok"
+        return (f"epoch {self.epoch + 1}: {self.kind}{who} on {self.layer}{units}: {self.metric} "
+                f"{self.before:.4g} -> {self.after:.4g} ({self.relative:+.1%}) after {self.settled} "
+                f"evaluation(s), {verdict}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ status ``interrupted`` after the current step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,10 +28,11 @@ from engine.experiments.base import Experiment
 from engine.fsutil import atomic_write_text
 from engine.telemetry.bus import EventBus
 from engine.telemetry.events import (EpochCompleted, LossExplosion, NonFiniteLoss, Rollback, RunEnded,
-                                     RunStarted, SeedTransition, StepCompleted)
+                                     RunStarted, SeedTransition, StepCompleted, StructuralChange)
 from engine.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from engine.training.divergence import ExplosionWatch
 from engine.training.faults import FaultDrills
+from engine.training.impact import ImpactLedger
 from engine.training.memory import device_memory
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Trainer:
         train = dict(config.get("train") or {})
         self.faults = FaultDrills.from_config(train)
         self.watch = ExplosionWatch(float(train.get("explode_factor", 5.0)), int(train.get("explode_patience", 1)))
+        self.impact = ImpactLedger(int(train.get("impact_settle", 2)), float(train.get("impact_tolerance", 0.02)))
         self.rollback_enabled = train.get("on_diverge", "stop") == "rollback"
         self.max_rollbacks = int(train.get("max_rollbacks", 3))
         self.rollback_lr_factor = float(train.get("rollback_lr_factor", 0.5))
@@ -87,7 +90,8 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "best_acc": self.best_acc,
                 "germinations": self.germinations, "last": dict(self.last),
                 "watch": self.watch.state_dict(), "rollbacks": self.rollbacks,
-                "nonfinite_steps": self.nonfinite_steps, "lr_scale": self.lr_scale}
+                "nonfinite_steps": self.nonfinite_steps, "lr_scale": self.lr_scale,
+                "impact": self.impact.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (keys added later default to a fresh run's values)."""
@@ -99,6 +103,8 @@ class Trainer:
         self.rollbacks = int(state.get("rollbacks", 0))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.lr_scale = float(state.get("lr_scale", 1.0))
+        if "impact" in state:
+            self.impact.load_state_dict(state["impact"])
 
     def resume(self) -> bool:
         """Load ``run_dir/checkpoint.pt`` if present; True when resumed."""
@@ -139,6 +145,8 @@ class Trainer:
             if status != "running":  # diverged or interrupted
                 break
             status = "finished"
+        if status == "finished":  # changes still settling are judged on the last evaluation
+            self._publish(self.impact.flush(self._quality_metric(self.schedule[-1] if self.schedule else "")))
         self._write_artifacts()
         outcome = Outcome(status, self.final_metrics())
         if status == "diverged":
@@ -195,7 +203,15 @@ class Trainer:
         if "val_accuracy" in report.metrics:  # families without accuracy (autoencoders) report none
             self.best_acc = max(self.best_acc, report.metrics["val_accuracy"])
             self.last["best_val_accuracy"] = self.best_acc
-        self._publish(report.events)
+        # Changes the family measured just before making them (e.g. a seed rolled back
+        # after this evaluation, reported re-evaluated) close their windows first.
+        early = [e for e in report.events if isinstance(e, StructuralChange) and math.isfinite(e.quality_before)]
+        self._publish(early)
+        metric = self._quality_metric(phase)
+        if metric in report.metrics:  # settle windows close on the family's evaluations
+            self._publish(self.impact.evaluate(metric, report.metrics[metric],
+                                               report.metrics.get("val_accuracy", math.nan)))
+        self._publish([e for e in report.events if not any(e is x for x in early)])
         self.bus.publish(EpochCompleted(
             epoch, phase, self.step, dict(self.last), report.seeds, report.layers, report.plateau,
             report.patience, self.epoch / max(len(self.schedule), 1), self.exp.parameter_count(),
@@ -253,10 +269,18 @@ class Trainer:
         except Exception:  # noqa: BLE001 - artifacts must not cost the run its results
             log.exception("writing artifacts failed")
 
+    def _quality_metric(self, phase: str) -> str:
+        pick = getattr(self.exp, "quality_metric", None)  # optional: the family's quality figure
+        return pick(phase) if callable(pick) else "val_loss"
+
     def _publish(self, events: list[Any]) -> None:
         for e in events:
             if isinstance(e, SeedTransition) and e.to_state == "training":
                 self.germinations += 1
+            elif isinstance(e, StructuralChange):
+                e = dataclasses.replace(e, step=self.step)
+                for impact in self.impact.record(e):  # windows this change closes
+                    self.bus.publish(impact)
             self.bus.publish(e)
 
     def final_metrics(self) -> dict[str, float]:

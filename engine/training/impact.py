@@ -1,0 +1,130 @@
+"""Structural-change accounting: what each structural change did to the model.
+
+Every :class:`~engine.telemetry.events.StructuralChange` an experiment returns
+is recorded with the family's quality figure (lower is better, e.g.
+validation loss) just before it: the figure the family measured itself when it
+gives one, else the latest evaluation. ``settle`` evaluations later the change
+is resolved into a :class:`~engine.telemetry.events.StructuralImpact` with the
+figure after, the change and whether it was harmful (relatively worse by more
+than ``tolerance``). Changes of the same kind and layer recorded against the
+same evaluation are merged (their units add up), so a mechanism that acts
+every few steps yields one impact per layer and window.
+
+A change with a ``subject`` (e.g. a seed id) closes the window of the
+pending change of the same subject early: a seed's germination is judged up
+to its blend start, its blend start up to its blend end, and so on, so each
+step of a lifecycle answers for its own effect and not for the next one's. A
+change with no evaluation in its window has ``settled == 0`` and no effect.
+A change that brings its own ``quality_before`` (the family evaluated just
+before making it) closes those windows at that figure.
+
+``streak`` counts harmful impacts since the last improving one (relatively
+better by more than ``tolerance``); impacts within the tolerance leave it as
+it is, because changes with no effect on the output (a germinated seed that is
+not blending yet, a culled dormant seed) say nothing about the mechanism.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engine.telemetry.events import StructuralChange, StructuralImpact
+
+_NAN = math.nan
+
+
+@dataclass
+class _Pending:
+    change: StructuralChange
+    before: float
+    accuracy_before: float
+    evaluation: int  # evaluations done when "before" was measured
+    due: int  # evaluation count at which it resolves
+
+
+@dataclass
+class ImpactLedger:
+    """Pending structural changes and the run's harmful streak."""
+
+    settle: int = 2
+    tolerance: float = 0.02
+    evaluations: int = 0
+    quality: float = _NAN  # the latest evaluation's figure
+    metric: str = ""  # its name
+    accuracy: float = _NAN
+    streak: int = 0
+    pending: list[_Pending] = field(default_factory=list)
+
+    def record(self, change: StructuralChange) -> list[StructuralImpact]:
+        """Record ``change`` against the latest evaluation (or its own ``quality_before`` when finite).
+
+        Returns the impacts of pending changes of the same subject, whose window it closes.
+        """
+        own = math.isfinite(change.quality_before)
+        before = change.quality_before if own else self.quality
+        closed: list[StructuralImpact] = []
+        if change.subject:
+            same = [p for p in self.pending if p.change.subject == change.subject]
+            self.pending = [p for p in self.pending if p.change.subject != change.subject]
+            closed = [self._resolve(p, self.metric, self.evaluations - p.evaluation + own,
+                                    before if own else None) for p in same]
+        for p in self.pending:
+            if (p.change.kind, p.change.layer, p.evaluation) == (change.kind, change.layer, self.evaluations) \
+                    and p.before == before:
+                p.change = replace(p.change, units=p.change.units + change.units)
+                return closed
+        self.pending.append(_Pending(change, before, self.accuracy, self.evaluations,
+                                     self.evaluations + self.settle))
+        return closed
+
+    def evaluate(self, metric: str, quality: float, accuracy: float = _NAN) -> list[StructuralImpact]:
+        """One evaluation happened: resolve the changes whose settle window it closes."""
+        self.evaluations += 1
+        self.quality, self.accuracy, self.metric = quality, accuracy, metric
+        due = [p for p in self.pending if p.due <= self.evaluations]
+        self.pending = [p for p in self.pending if p.due > self.evaluations]
+        return [self._resolve(p, metric, self.evaluations - p.evaluation) for p in due]
+
+    def flush(self, metric: str) -> list[StructuralImpact]:
+        """The run ends: resolve what is pending against the latest evaluation (a shorter window)."""
+        out = [self._resolve(p, metric, self.evaluations - p.evaluation)
+               for p in self.pending if self.evaluations > p.evaluation]
+        self.pending = []
+        return out
+
+    def _resolve(self, p: _Pending, metric: str, settled: int, measured: float | None = None) -> StructuralImpact:
+        after = self.quality if measured is None else measured
+        after = after if settled > 0 else p.before  # no evaluation since: no measured effect
+        after_acc = self.accuracy if settled > 0 and measured is None else p.accuracy_before
+        delta = after - p.before
+        relative = delta / abs(p.before) if p.before else (0.0 if delta == 0 else math.copysign(math.inf, delta))
+        if not math.isfinite(after) and math.isfinite(p.before):
+            relative = math.inf  # a non-finite figure after the change is the worst outcome
+        harmful = bool(relative > self.tolerance)
+        if harmful:
+            self.streak += 1
+        elif relative < -self.tolerance:
+            self.streak = 0
+        c = p.change
+        return StructuralImpact(c.kind, c.layer, c.epoch, c.step, c.units, c.subject, metric, p.before,
+                                after, delta, relative, harmful, settled, p.accuracy_before,
+                                after_acc, self.streak)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Ledger state for checkpoints (plain values only)."""
+        return {"evaluations": self.evaluations, "quality": self.quality, "accuracy": self.accuracy,
+                "metric": self.metric,
+                "streak": self.streak,
+                "pending": [{"change": {k: getattr(p.change, k) for k in StructuralChange.__dataclass_fields__},
+                             "before": p.before, "accuracy_before": p.accuracy_before,
+                             "evaluation": p.evaluation, "due": p.due} for p in self.pending]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.evaluations, self.streak = int(state["evaluations"]), int(state["streak"])
+        self.quality, self.accuracy = float(state["quality"]), float(state["accuracy"])
+        self.metric = str(state.get("metric", ""))
+        self.pending = [_Pending(StructuralChange(**p["change"]), float(p["before"]), float(p["accuracy_before"]),
+                                 int(p["evaluation"]), int(p["due"])) for p in state["pending"]]
