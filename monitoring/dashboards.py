@@ -374,8 +374,10 @@ def build_all() -> dict[str, dict[str, Any]]:
     # The family dashboards build on this module's helpers, hence the late import.
     from monitoring.dashboards_families import lop, replay
 
-    return {d["uid"]: d for d in (_plain(overview()), _plain(seeds()), _plain(system()), _plain(replay()),
-                                  _plain(lop()))}
+    from monitoring.dashboards_structural import annotation_text, structural_row
+
+    over = annotation_text(_plain(structural_row(overview())))
+    return {d["uid"]: d for d in (over, _plain(seeds()), _plain(system()), _plain(replay()), _plain(lop()))}
 
 
 def render(data: Mapping[str, Any]) -> str:

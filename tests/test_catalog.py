@@ -39,7 +39,9 @@ def test_series_budget_is_bounded_by_structure_not_width() -> None:
     small = series_budget(n_seeds=4, n_layers=2, topk=3, n_sinks=4)
     assert small < 300  # ~100 of them for structural-change accounting (6 kinds of seed change)
     # Doubling seeds adds only per-seed series.
-    assert series_budget(8, 2, 3, 4) - small == 4 * (5 + 4)
+    from engine.telemetry.events import SEED_STATES
+
+    assert series_budget(8, 2, 3, 4) - small == 4 * (len(SEED_STATES) + 4)
 
 
 def test_series_budget_counts_only_the_family_metrics() -> None:

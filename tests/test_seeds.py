@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.mechanisms.germination import GerminationController
-from engine.mechanisms.seed_plans import BlendSeed, CullSeed, GerminateSeed
+from engine.mechanisms.seed_plans import BlendSeed, CullSeed, FossilizeSeed, GerminateSeed
 from engine.models.trunk import SeededMLP
 from engine.surgery import PlanError, apply_plan
 
@@ -81,11 +81,33 @@ def test_blending_child_joins_main_optimizer_and_cull_removes_it() -> None:
     x = torch.randn(64, 2)
     germinate_and_train(model, opt, "l0_s0", x)
     n_groups = len(opt.param_groups)
-    apply_plan(model, opt, BlendSeed("l0_s0", 5))
+    apply_plan(model, opt, BlendSeed("l0_s0", 5, lr=1e-3))
     assert len(opt.param_groups) == n_groups + 1
+    assert opt.param_groups[-1]["lr"] == 1e-3  # the child's own rate, not the trunk's 1e-2
+    assert model.seeds["l0_s0"].opt is None
     apply_plan(model, opt, CullSeed("l0_s0", "test"))
     assert len(opt.param_groups) == n_groups
     assert model.seeds["l0_s0"].state == "failed" and model.seeds["l0_s0"].alpha == 0.0
+
+
+def test_child_can_keep_its_own_optimizer_and_fossilizing_freezes_it() -> None:
+    model, opt = make()
+    x = torch.randn(64, 2)
+    germinate_and_train(model, opt, "l0_s0", x)
+    n_groups = len(opt.param_groups)
+    apply_plan(model, opt, BlendSeed("l0_s0", 1))  # lr None: its own optimizer
+    seed = model.seeds["l0_s0"]
+    assert len(opt.param_groups) == n_groups and seed.opt is not None
+    with pytest.raises(PlanError, match="active"):
+        apply_plan(model, opt, FossilizeSeed("l0_s0"))  # still blending
+    seed.advance_blend()
+    apply_plan(model, opt, FossilizeSeed("l0_s0", "accepted"))
+    assert seed.state == "fossilized" and seed.alpha == 1.0 and seed.opt is None
+    assert not any(p.requires_grad for p in seed.child.parameters())
+    out = model(x)
+    assert out.requires_grad  # the trunk still trains; the child's output is part of the model
+    with pytest.raises(PlanError, match="fossilized"):
+        apply_plan(model, opt, CullSeed("l0_s0"))
 
 
 def test_non_converging_seed_fails() -> None:

@@ -148,6 +148,10 @@ def metric(short: str) -> str:
 def exposition_names(spec: MetricSpec) -> tuple[str, ...]:
     """Series names as they appear in the text format (histograms expand)."""
     if spec.kind == "histogram":
+        # prometheus_client exports no _sum for a histogram with negative buckets
+        # (a sum of signed values is not a valid OpenMetrics sum).
+        if spec.buckets and spec.buckets[0] < 0:
+            return (f"{spec.name}_bucket", f"{spec.name}_count")
         return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
     return (spec.name,)
 
@@ -165,7 +169,7 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
         if not m.applies_to(experiment):
             continue
         if m.labels[1:2] == ("kind",):  # at most every kind (and layer) the family changes
-            per = len(m.buckets) + 3 if m.kind == "histogram" else 1
+            per = len(m.buckets) + len(exposition_names(m)) if m.kind == "histogram" else 1  # +Inf, _sum?, _count
             kinds = len(FAMILY_KINDS.get(experiment, STRUCTURAL_KINDS))
             total += kinds * per * (n_layers if "layer" in m.labels else 1)
         elif m.kind == "histogram":
