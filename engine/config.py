@@ -65,6 +65,10 @@ class TrainConfig(Section):
     impact_streak: int = Field(
         3, ge=0, le=1000, description="Harmful structural changes in a row (with no improving one "
         "between) that raise StructuralChangesHurting (0 disables the alert for the run).")
+    impact_net_limit: float = Field(
+        0.05, ge=0, le=100, description="Net relative worsening of the quality figure inside all settled "
+        "structural changes' windows that raises StructuralChangesHurting, catching harm in steps "
+        "each under impact_tolerance (0 disables).")
     # -- fault drills: every family has them, applied by the trainer ----------------
     fault_nan_step: int = Field(
         -1, ge=-1, description="Fault drill: make the loss of this step NaN (-1 off; fires once per process).")

@@ -54,13 +54,19 @@ def structural_row(dash: db.Dashboard) -> db.Dashboard:
                              _q(sel("structural_harmful_streak_limit"), "limit " + LEGEND_RUN, "B")],
                             f"Structural changes that made the quality figure (val loss) worse by more than "
                             f"impact_tolerance since the last one that improved it ({streak_name}); "
-                            "StructuralChangesHurting fires when it reaches the limit (impact_streak).", w=8))
+                            "StructuralChangesHurting fires when it reaches the limit (impact_streak).", w=6))
+            .with_panel(_ts("Net quality change in structural windows", "percentunit",
+                            [_q(sel("structural_net_change_ratio"), "net " + LEGEND_RUN, "A"),
+                             _q(sel("structural_net_change_limit_ratio"), "limit " + LEGEND_RUN, "B")],
+                            "Sum of the quality figure's relative changes inside every settled change's window "
+                            "(positive = worse); StructuralChangesHurting fires above the limit "
+                            "(impact_net_limit): harm in steps each under the tolerance.", w=6))
             .with_panel(_ts("Quality change per structural change", "percentunit",
                             [_q(sel("structural_impact_last_change_ratio", layer=True),
                                 "{{kind}} {{layer}} " + LEGEND_RUN, "A")],
                             "Relative change of the quality figure (val loss, positive = worse) from just "
                             "before the latest settled change of each kind and layer to the end of its settle "
-                            "window. Annotations give each change's before and after.", w=8))
+                            "window. Annotations give each change's before and after.", w=6))
             .with_panel(_ts("Structural changes", "none",
                             [_q(f"sum by (run_id, sweep, trial, kind) "
                                 f"(increase({sel('structural_changes_total', layer=True)}[$__rate_interval]))",
@@ -68,7 +74,7 @@ def structural_row(dash: db.Dashboard) -> db.Dashboard:
                              _q(f"sum by (run_id, sweep, trial, kind) "
                                 f"(increase({sel('structural_harmful_total')}[$__rate_interval]))",
                                 "harmful {{kind}} " + LEGEND_RUN, "B")],
-                            "Structural changes per interval by kind, and those that turned out harmful.", w=8))
+                            "Structural changes per interval by kind, and those that turned out harmful.", w=6))
             .with_panel(_ts("Median quality change by kind", "percentunit",
                             [_q(f"histogram_quantile(0.5, sum by (run_id, sweep, trial, kind, le) "
                                 f"({sel('structural_impact_change_ratio', suffix='_bucket')}))",

@@ -14,6 +14,8 @@ scenario                   what happens to the run                              
 ``sigkill``                ``kill -9`` after Prometheus scraped it twice          TargetDown
 ``sigstop``                ``SIGSTOP`` after two scrapes (hangs, port still open) TargetDown
 ``loss_blowup``            learning rate scaled up mid-run (``--fault_lr_scale``)  LossExploding
+``structural_harm``        seeds with the guard off, blending barely trained      StructuralChangesHurting
+                           children (each blend worsens the val loss)
 ``exception``              an exception in the training loop                      RunFailed
 ``healthy``                a normal short run                                     none
 ``rollback``               NaN loss answered by ``--on_diverge rollback``         none
@@ -83,13 +85,19 @@ class Family:
     step: int
     long: list[str]
     blowup: list[str]
+    harm: list[str] = field(default_factory=list)  # structural changes that hurt (families that have one)
 
 
 FAMILY_ARGS = {
     # 25 steps per epoch (the default run: 30 + 50 epochs).
     "seeds": Family(short=["--warm_up_epochs", "20", "--adaptation_epochs", "20"],
                     mid=["--warm_up_epochs", "60", "--adaptation_epochs", "10"], step=1000,
-                    long=["--warm_up_epochs", "100000"], blowup=["--fault_lr_scale_step", "100"]),
+                    long=["--warm_up_epochs", "100000"], blowup=["--fault_lr_scale_step", "100"],
+                    # Children blend after 5% reconstruction progress and learn at lr x 0.001; the
+                    # guard accepts anything (tolerance 10x): blends pile up damage, streak >= 3.
+                    harm=["--warm_up_epochs", "10", "--adaptation_epochs", "30", "--patience", "2",
+                          "--progress_thresh", "0.05", "--child_lr_scale", "0.001", "--blend_tolerance", "10",
+                          "--blend_abort", "1000", "--probation_epochs", "1"]),
     # 10 steps per base epoch, then one stage (plasticity + stability epochs) per class of --class_order.
     "neurogenesis": Family(short=["--base_epochs", "3", "--class_order", "0,2"],
                            mid=["--base_epochs", "100", "--class_order", "0", "--plasticity_epochs", "2",
@@ -115,6 +123,7 @@ class Scenario:
     status: str  # final status in metrics.json
     sig: signal.Signals | None = None
     production: bool = False
+    families: tuple[str, ...] = FAMILIES
 
     def args(self, fam: Family) -> list[str]:
         step = str(fam.step)
@@ -126,6 +135,7 @@ class Scenario:
             "exception": [*fam.mid, "--fault_exception_step", step],
             "rollback": [*fam.mid, "--fault_nan_step", step, "--on_diverge", "rollback"],
             "loss_blowup": fam.blowup,
+            "structural_harm": fam.harm,
             "sigkill": fam.long,
             "sigstop": fam.long,
         }[self.name]
@@ -138,7 +148,7 @@ class Scenario:
 #: run ~10 s longer. The ``nan_step0`` runs are registered right before they start instead (the
 #: engine's final-scrape linger must cover them), and so are the signalled runs (they are only
 #: signalled once scraped).
-PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup"}
+PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup", "structural_harm"}
 NAN = "non-finite loss"
 #: Launch order: TargetDown needs over a minute, so the signalled runs go first.
 SCENARIOS = [
@@ -151,6 +161,7 @@ SCENARIOS = [
     Scenario("exception", "RunFailed", "exception injected", 1, "failed"),
     Scenario("nan_midrun", "LossNonFinite", NAN, 3, "diverged"),
     Scenario("loss_blowup", "LossExploding", "loss is exploding", 0, "finished"),
+    Scenario("structural_harm", "StructuralChangesHurting", "keep hurting", 0, "finished", families=("seeds",)),
 ]
 
 _TITLE = re.compile(r"\[(FIRING|RESOLVED)(?::\d+)?\]\s+(\w+)\s+·\s+run\s+(\S+)")
@@ -443,7 +454,7 @@ def test_every_fault_of_every_family_pages_exactly_once(tmp_path: Path) -> None:
             targets = {False: TargetsFile(fast_sd / f"{SWEEP}.json"), True: TargetsFile(prod_sd / f"{SWEEP}.json")}
             runs = [Run(f, sc, tmp_path / "runs" / f"{f}-{sc.name}",
                         prod if sc.production else fast.prometheus, slack_prod if sc.production else slack)
-                    for sc in SCENARIOS for f in FAMILIES]
+                    for sc in SCENARIOS for f in FAMILIES if f in sc.families]
             queue = list(runs)
             for run in runs:  # see PREREGISTERED
                 if run.scenario.name in PREREGISTERED:

@@ -63,6 +63,19 @@ def test_streak_ignores_neutral_changes_and_counts_nan_as_harm() -> None:
     assert [i.streak for i in results] == [1, 1, 2, 3]
 
 
+def test_net_adds_up_changes_under_the_tolerance() -> None:
+    led = ImpactLedger(settle=1, tolerance=0.05)
+    led.evaluate("val_loss", 1.0)
+    for after in (1.03, 1.06, 1.09):  # three steps of ~3%: none harmful, 9% in all
+        led.record(change())
+        (imp,) = led.evaluate("val_loss", after)
+        assert not imp.harmful
+    assert math.isclose(imp.net, 0.09) and led.streak == 0
+    led.record(change())
+    (imp,) = led.evaluate("val_loss", 1.0)  # undone: the net comes back to 0
+    assert math.isclose(imp.net, 0.0, abs_tol=1e-12)
+
+
 def test_ledger_state_round_trips_with_pending_changes() -> None:
     a = ImpactLedger(settle=2)
     a.evaluate("val_loss", 1.0)

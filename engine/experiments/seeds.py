@@ -52,9 +52,11 @@ class SeedsConfig(Section):
         "(at child_lr_scale x lr) or with its own Adam at shadow_lr.")
     child_lr_scale: float = Field(0.1, gt=0, le=100, description="Learning rate of children in the "
                                   "main optimizer, as a multiple of lr (child_optimizer main).")
-    blend_tolerance: float = Field(0.02, ge=0, le=10, description="A seed is rolled back and culled when "
+    blend_tolerance: float = Field(0.0, ge=0, le=10, description="A seed is rolled back and culled when "
                                    "val loss at the end of its probation exceeds its pre-blend value by "
-                                   "more than this fraction; otherwise it is accepted and fossilized.")
+                                   "more than this fraction; otherwise it is accepted and fossilized. "
+                                   "0: a seed must not make it worse at all (the frozen model's val "
+                                   "loss is deterministic: there is no noise to tolerate).")
     blend_abort: float = Field(0.5, ge=0, le=1000, description="A seed is rolled back at once when val loss "
                                "while it blends or is on probation exceeds its pre-blend value by more "
                                "than this fraction.")

@@ -88,7 +88,7 @@ class ConsoleSink:
             ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
             ev.SeedTransition: self._on_transition, ev.NonFiniteLoss: self._on_nonfinite,
             ev.Rollback: self._on_rollback, ev.LossExplosion: self._on_explosion,
-            ev.RunEnded: self._on_run_ended, ev.StructuralImpact: self._on_impact,
+            ev.RunEnded: self._on_run_ended,
         }
         if self.mode == "rich":
             table[ev.StepCompleted] = self._on_step
@@ -135,13 +135,6 @@ class ConsoleSink:
         why = f" ({e.reason})" if e.reason else ""
         level = logging.WARNING if e.to_state == "failed" else logging.INFO
         self._say(level, f"epoch {e.epoch + 1}: seed {e.seed_id} on {e.layer} {e.from_state} -> {e.to_state}{why}")
-
-    def _on_impact(self, e: ev.StructuralImpact) -> None:
-        # Harmful changes are warnings; the rest would drown the epoch lines (they are in events.jsonl).
-        if e.harmful:
-            self._say(logging.WARNING, e.describe())
-        else:
-            log.debug("%s", e.describe())
 
     def _on_nonfinite(self, e: ev.NonFiniteLoss) -> None:
         self._say(logging.WARNING, f"epoch {e.epoch + 1}, step {e.step}: non-finite loss {e.value}")

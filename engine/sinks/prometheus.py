@@ -189,7 +189,7 @@ class PrometheusSink:
         train = e.config.get("train") or {}
         self._c("loss_exploding_patience_evaluations").set(float(train.get("explode_patience", 0)))
         self._c("loss_exploding_evaluations").set(0.0)
-        self.structural.started(e.run_id, int(train.get("impact_streak", 0)))
+        self.structural.started(e.run_id, int(train.get("impact_streak", 0)), float(train.get("impact_net_limit", 0)))
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())

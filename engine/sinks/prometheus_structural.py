@@ -26,12 +26,14 @@ class StructuralExport:
         self._c, self._counters, self._info = child, counters, info_metric
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def started(self, run_id: str, streak_limit: int) -> None:
-        """Expose the streak gauges from the start (0 until a change settles)."""
+    def started(self, run_id: str, streak_limit: int, net_limit: float) -> None:
+        """Expose the streak and net gauges from the start (0 until a change settles)."""
         self._run_id = run_id
         self._info_labels.clear()
         self._c("structural_harmful_streak").set(0.0)
         self._c("structural_harmful_streak_limit").set(float(streak_limit))
+        self._c("structural_net_change_ratio").set(0.0)
+        self._c("structural_net_change_limit_ratio").set(float(net_limit))
 
     def change(self, e: ev.StructuralChange) -> None:
         """Count one structural change."""
@@ -48,6 +50,7 @@ class StructuralExport:
         else:
             self._counters.advance(("structural_harmful_total", e.kind), 0)  # exposed at 0
         self._c("structural_harmful_streak").set(float(e.streak))
+        self._c("structural_net_change_ratio").set(e.net)
         labels = (self._run_id, e.kind, e.layer, _label(e.before), _label(e.after))
         old = self._info_labels.get((e.kind, e.layer))
         if old is not None and old != labels:  # one series per kind and layer at a time

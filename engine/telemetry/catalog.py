@@ -104,6 +104,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("structural_harmful_total", "counter", "", ("run_id", "kind"), "Settled structural changes that made the quality figure worse by more than impact_tolerance."),
     _m("structural_harmful_streak", "gauge", "", R, "Harmful structural changes since the last one that improved the quality figure."),
     _m("structural_harmful_streak_limit", "gauge", "", R, "Harmful streak that raises StructuralChangesHurting (impact_streak; 0 = off)."),
+    _m("structural_net_change_ratio", "gauge", "ratio", R, "Sum of the quality figure's changes over all settled structural changes' windows, relative to its value before the first (positive = worse)."),
+    _m("structural_net_change_limit_ratio", "gauge", "ratio", R, "Net worsening that raises StructuralChangesHurting (impact_net_limit; 0 = off)."),
     _m("device_memory_used_bytes", "gauge", "bytes", ("run_id", "device"), "Memory in use on the device (CUDA allocated, or process RSS on CPU)."),
     _m("device_memory_limit_bytes", "gauge", "bytes", ("run_id", "device"), "Memory capacity of the device (CUDA total, or physical RAM on CPU)."),
     # -- neurogenesis (Draelos et al. 2017): class-incremental autoencoder ------

@@ -201,6 +201,7 @@ class StructuralImpact:
     accuracy_before: float = float("nan")
     accuracy_after: float = float("nan")
     streak: int = 0  # the run's harmful streak after this impact (see engine.training.impact)
+    net: float = 0.0  # the run's net relative quality change inside settled changes' windows so far
 
     def describe(self) -> str:
         """One line for logs, TensorBoard text and annotations: what changed, before -> after."""

@@ -10,13 +10,21 @@ than ``tolerance``). Changes of the same kind and layer recorded against the
 same evaluation are merged (their units add up), so a mechanism that acts
 every few steps yields one impact per layer and window.
 
-A change with a ``subject`` (e.g. a seed id) closes the window of the
-pending change of the same subject early: a seed's germination is judged up
-to its blend start, its blend start up to its blend end, and so on, so each
-step of a lifecycle answers for its own effect and not for the next one's. A
-change with no evaluation in its window has ``settled == 0`` and no effect.
+Windows do not overlap, so no change answers for another's effect: a new
+change closes every pending window that has seen at least one evaluation
+(its effect is measured up to the last evaluation before the new change), and
+the pending window of the same ``subject`` (e.g. a seed id) even with none: a
+seed's germination is judged up to its blend start, its blend start up to
+its blend end, and so on. A change with no evaluation in its window has
+``settled == 0`` and no effect. Changes recorded in the same interval between
+two evaluations share their window.
 A change that brings its own ``quality_before`` (the family evaluated just
 before making it) closes those windows at that figure.
+
+``net`` adds up the deltas of every settled change (windows do not overlap,
+so this is how much the quality figure moved inside structural changes'
+windows), relative to the figure before the first change: it shows harm that
+comes in steps each under the tolerance.
 
 ``streak`` counts harmful impacts since the last improving one (relatively
 better by more than ``tolerance``); impacts within the tolerance leave it as
@@ -55,6 +63,8 @@ class ImpactLedger:
     metric: str = ""  # its name
     accuracy: float = _NAN
     streak: int = 0
+    net: float = 0.0  # sum of settled deltas over |first before|
+    origin: float = _NAN  # the figure before the first settled change
     pending: list[_Pending] = field(default_factory=list)
 
     def record(self, change: StructuralChange) -> list[StructuralImpact]:
@@ -65,11 +75,12 @@ class ImpactLedger:
         own = math.isfinite(change.quality_before)
         before = change.quality_before if own else self.quality
         closed: list[StructuralImpact] = []
-        if change.subject:
-            same = [p for p in self.pending if p.change.subject == change.subject]
-            self.pending = [p for p in self.pending if p.change.subject != change.subject]
+        ends = [p for p in self.pending
+                if p.evaluation < self.evaluations or (change.subject and p.change.subject == change.subject)]
+        if ends:
+            self.pending = [p for p in self.pending if not any(p is q for q in ends)]
             closed = [self._resolve(p, self.metric, self.evaluations - p.evaluation + own,
-                                    before if own else None) for p in same]
+                                    before if own else None) for p in ends]
         for p in self.pending:
             if (p.change.kind, p.change.layer, p.evaluation) == (change.kind, change.layer, self.evaluations) \
                     and p.before == before:
@@ -103,6 +114,10 @@ class ImpactLedger:
         if not math.isfinite(after) and math.isfinite(p.before):
             relative = math.inf  # a non-finite figure after the change is the worst outcome
         harmful = bool(relative > self.tolerance)
+        if not math.isfinite(self.origin) and math.isfinite(p.before):
+            self.origin = p.before
+        if math.isfinite(delta) and math.isfinite(self.origin) and self.origin:
+            self.net += delta / abs(self.origin)
         if harmful:
             self.streak += 1
         elif relative < -self.tolerance:
@@ -110,13 +125,13 @@ class ImpactLedger:
         c = p.change
         return StructuralImpact(c.kind, c.layer, c.epoch, c.step, c.units, c.subject, metric, p.before,
                                 after, delta, relative, harmful, settled, p.accuracy_before,
-                                after_acc, self.streak)
+                                after_acc, self.streak, self.net)
 
     def state_dict(self) -> dict[str, Any]:
         """Ledger state for checkpoints (plain values only)."""
         return {"evaluations": self.evaluations, "quality": self.quality, "accuracy": self.accuracy,
                 "metric": self.metric,
-                "streak": self.streak,
+                "streak": self.streak, "net": self.net, "origin": self.origin,
                 "pending": [{"change": {k: getattr(p.change, k) for k in StructuralChange.__dataclass_fields__},
                              "before": p.before, "accuracy_before": p.accuracy_before,
                              "evaluation": p.evaluation, "due": p.due} for p in self.pending]}
@@ -126,5 +141,6 @@ class ImpactLedger:
         self.evaluations, self.streak = int(state["evaluations"]), int(state["streak"])
         self.quality, self.accuracy = float(state["quality"]), float(state["accuracy"])
         self.metric = str(state.get("metric", ""))
+        self.net, self.origin = float(state.get("net", 0.0)), float(state.get("origin", _NAN))
         self.pending = [_Pending(StructuralChange(**p["change"]), float(p["before"]), float(p["accuracy_before"]),
                                  int(p["evaluation"]), int(p["due"])) for p in state["pending"]]

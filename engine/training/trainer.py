@@ -28,7 +28,8 @@ from engine.experiments.base import Experiment
 from engine.fsutil import atomic_write_text
 from engine.telemetry.bus import EventBus
 from engine.telemetry.events import (EpochCompleted, LossExplosion, NonFiniteLoss, Rollback, RunEnded,
-                                     RunStarted, SeedTransition, StepCompleted, StructuralChange)
+                                     RunStarted, SeedTransition, StepCompleted, StructuralChange,
+                                     StructuralImpact)
 from engine.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from engine.training.divergence import ExplosionWatch
 from engine.training.faults import FaultDrills
@@ -65,6 +66,9 @@ class Trainer:
         self.faults = FaultDrills.from_config(train)
         self.watch = ExplosionWatch(float(train.get("explode_factor", 5.0)), int(train.get("explode_patience", 1)))
         self.impact = ImpactLedger(int(train.get("impact_settle", 2)), float(train.get("impact_tolerance", 0.02)))
+        self.impact_streak = int(train.get("impact_streak", 3))
+        self.impact_net_limit = float(train.get("impact_net_limit", 0.05))
+        self._net_hurt = False  # logged once per process
         self.rollback_enabled = train.get("on_diverge", "stop") == "rollback"
         self.max_rollbacks = int(train.get("max_rollbacks", 3))
         self.rollback_lr_factor = float(train.get("rollback_lr_factor", 0.5))
@@ -279,8 +283,14 @@ class Trainer:
                 self.germinations += 1
             elif isinstance(e, StructuralChange):
                 e = dataclasses.replace(e, step=self.step)
-                for impact in self.impact.record(e):  # windows this change closes
-                    self.bus.publish(impact)
+                self._publish(self.impact.record(e))  # impacts of the windows this change closes
+            elif isinstance(e, StructuralImpact) and e.harmful:
+                log.warning("harmful structural change: %s", e.describe())
+                if e.streak == self.impact_streak:
+                    log.error("structural changes keep hurting the model: %d harmful in a row", e.streak)
+                if 0 < self.impact_net_limit < e.net and not self._net_hurt:
+                    self._net_hurt = True
+                    log.error("structural changes keep hurting the model: %+.1f%% net in their windows", 100 * e.net)
             self.bus.publish(e)
 
     def final_metrics(self) -> dict[str, float]:
