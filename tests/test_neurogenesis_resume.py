@@ -4,6 +4,9 @@ Run A trains without interruption; run B (same flags) is killed once its
 checkpoint holds at least one completed stage (a grown architecture, replay
 statistics, thresholds), then ``--resume`` finishes it. Final numbers, the
 forgetting matrix, growth, thresholds and the replay counter must match A exactly.
+Both run the family default, data-free intrinsic replay (``stats_source``
+replay): the checkpoint carries the learned classes whose images stay
+unreadable after the resume.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def test_sigkill_after_a_stage_then_resume_equals_uninterrupted(tmp_path: Path) 
     done = ckpt["trainer"]["epoch"]
     assert BASE + 1 <= done < BASE + STAGES, done  # killed after a stage, before the end
     assert ckpt["experiment"]["sizes"] != [16, 8]  # the checkpoint holds a grown network
+    learned = ckpt["experiment"]["data"]["retired"]  # base classes and the stages done so far: never read again
+    assert learned == sorted([1, 7, *[0, 2, 3, 4, 5][: done - BASE]]), learned
 
     r = run(["--resume", str(b_dir)], timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

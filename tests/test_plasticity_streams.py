@@ -1,4 +1,5 @@
-"""Task streams: determinism, a new permutation per task, slow bits flipping, exact resume."""
+"""Task streams: determinism, a new permutation per task, chunked batches, class-incremental
+schedules and cycles, slow bits flipping, exact resume."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from engine.data.images import ImageSet
-from engine.data.streams import PermutedImages, SlowRegression
+from engine.data.streams import ClassIncrementalImages, PermutedImages, SlowRegression
+from engine.errors import ParameterError
 
 
 def _images(n: int = 60, d: int = 16) -> ImageSet:
@@ -105,3 +107,87 @@ def test_slow_regression_is_deterministic_and_resumable() -> None:
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     with pytest.raises(ValueError):
         SlowRegression(seed=0, n_bits=5, slow_bits=5)
+
+
+# -- chunked batches ------------------------------------------------------------------------
+def test_chunked_batches_equal_a_per_batch_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.data.streams as streams
+
+    monkeypatch.setattr(streams, "_CHUNK", 7)  # batch 3 -> chunks of 6: batches never straddle a chunk
+    s = PermutedImages(_images(), seed=2)
+    s.begin_task()
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(s.gen.get_state())  # replays the task's shuffle
+    order = torch.randperm(s.train_size, generator=gen)
+    x = s._x_train[:, s.perm]
+    got = list(s.batches(3))
+    assert s.train_size == 54 and [len(b[1]) for b in got] == [3] * 18  # one pass
+    for i, (xb, yb) in enumerate(got):
+        idx = order[3 * i:3 * i + 3]
+        assert torch.equal(xb, x[idx]) and torch.equal(yb, s._y_train[idx])
+
+
+# -- class-incremental ------------------------------------------------------------------------
+def _digits_like(n_classes: int = 5, per_class: int = 12, d: int = 9) -> ImageSet:
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(n_classes), per_class)
+    x = rng.random((len(y), d), dtype=np.float32)
+    return ImageSet(x, y.astype(np.int64), (3, 3), "toy", "0" * 64)
+
+
+def test_class_incremental_schedule_and_one_pass_over_seen_classes() -> None:
+    imgs = _digits_like()
+    s = ClassIncrementalImages(imgs, seed=0, heldout_frac=0.25, initial_classes=2, classes_per_increment=2,
+                               tasks_per_increment=2)
+    assert (s.increments, s.tasks_per_cycle) == (3, 6)  # 2, 4, then all 5 classes
+    seen_per_task, orders, perms = [], [], []
+    for t in range(12):
+        s.begin_task()
+        seen = s.seen_classes
+        seen_per_task.append(len(seen))
+        orders.append(s.order.clone())
+        perms.append(s.perm.clone())
+        batches = list(s.batches(4))
+        y = torch.cat([b[1] for b in batches])
+        # one pass over exactly the seen classes' training images (9 per class after the split)
+        assert sorted(y.tolist()) == sorted(c for c in seen for _ in range(9)), t
+        assert len(y) == s.train_size
+        xh, yh = s.heldout()
+        assert set(yh.tolist()) == set(seen) and len(yh) == 3 * len(seen)
+        # training images are the raw images of those labels in the cycle's permutation
+        x = torch.cat([b[0] for b in batches])
+        raw = torch.from_numpy(imgs.x)[:, s.perm]
+        assert all(any(torch.equal(r, q) for q in raw) for r in x[:3])
+        start, stop = {0: (0, 2), 1: (2, 4), 2: (4, 5)}[(t % 6) // 2]  # the latest increment's classes
+        assert s.newest_classes().tolist() == s.order[start:stop].tolist() == seen[start:stop], t
+    assert seen_per_task == [2, 2, 4, 4, 5, 5] * 2
+    assert s.cycle == 1
+    # within a cycle the class order and permutation stay; a new cycle draws both anew
+    assert all(torch.equal(orders[0], o) and torch.equal(perms[0], p) for o, p in zip(orders[1:6], perms[1:6]))
+    assert not torch.equal(perms[5], perms[6])
+    assert sorted(orders[6].tolist()) == list(range(5))
+
+
+def test_class_incremental_is_deterministic_and_resumable() -> None:
+    kw = dict(heldout_frac=0.25, initial_classes=1, classes_per_increment=1, tasks_per_increment=1)
+    a = ClassIncrementalImages(_digits_like(), seed=4, **kw)  # type: ignore[arg-type]
+    b = ClassIncrementalImages(_digits_like(), seed=4, **kw)  # type: ignore[arg-type]
+    for _ in range(3):
+        for (x1, y1), (x2, y2) in zip(_task(a), _task(b)):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    c = ClassIncrementalImages(_digits_like(), seed=4, **kw)  # type: ignore[arg-type]
+    c.load_state_dict(a.state_dict())
+    assert c.seen_classes == a.seen_classes and torch.equal(c.heldout()[0], a.heldout()[0])
+    for _ in range(4):  # across the cycle boundary (5 tasks per cycle)
+        for (x1, y1), (x2, y2) in zip(_task(a), _task(c)):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert a.cycle == c.cycle == 1
+
+
+@pytest.mark.parametrize("key,value", [("initial_classes", 0), ("initial_classes", 6),
+                                       ("classes_per_increment", 9), ("tasks_per_increment", 0)])
+def test_class_incremental_rejects_bad_schedules(key: str, value: int) -> None:
+    kw = {"initial_classes": 2, "classes_per_increment": 1, "tasks_per_increment": 1, key: value}
+    with pytest.raises(ParameterError) as err:
+        ClassIncrementalImages(_digits_like(), seed=0, **kw)
+    assert err.value.key == key and err.value.value == value

@@ -69,3 +69,12 @@ def test_controller_does_not_answer_a_seed_with_more_seeds() -> None:
     assert ctl.observe(0.5, 0.5, dormant) is None  # plateau 1
     plan = ctl.observe(0.5, 0.5, dormant)  # plateau 2 = patience, of the model as it stands
     assert plan is not None and plan.seed == "b"
+
+
+def test_the_last_evaluation_judges_a_seed_still_in_flight() -> None:
+    guard = SeedGuard(0.0, 10)
+    guard.observe(0.5)
+    guard.start("s")  # still blending when the run ends
+    assert isinstance(guard.observe(0.51, final=True), CullSeed)
+    guard.start("t")
+    assert isinstance(guard.observe(0.49, final=True), FossilizeSeed)

@@ -15,6 +15,15 @@ Streams:
     images from :func:`engine.data.images.load_images`; every task applies a new
     fixed pixel permutation (task 0 included) to all images; the held-out split
     is a fixed stratified fraction of the images.
+``ClassIncrementalImages`` (the class-incremental setting of the loss-of-plasticity literature)
+    the same images; classes arrive in a seeded order: the first
+    ``tasks_per_increment`` tasks train on ``initial_classes`` classes, then
+    every ``tasks_per_increment`` tasks ``classes_per_increment`` more join, and
+    each task is one pass over all classes seen so far (held-out split: the
+    seen classes' held-out images). Once every class is in, the next *cycle*
+    starts over with a new class order and a new pixel permutation, so a long
+    stream repeats the same class-incremental schedule on fresh inputs and
+    cycles can be compared with each other.
 ``SlowRegression`` (Dohare et al.'s slowly-changing regression / bit flipping)
     inputs are ``n_bits`` bits: the first ``slow_bits`` stay fixed within a task
     and one of them (chosen at random) flips at the start of every task after
@@ -28,12 +37,17 @@ Streams:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from engine.data.images import ImageSet, stratified_split
+from engine.errors import ParameterError
+
+#: Samples gathered at once when a task's shuffled pass is cut into batches.
+_CHUNK = 4096
 
 
 class PermutedImages:
@@ -72,13 +86,23 @@ class PermutedImages:
             self._cache[name] = x[:, self.perm.to(x.device)].contiguous()
         return self._cache[name]
 
+    def _train(self) -> tuple[Tensor, Tensor]:
+        """The current task's training images [n, d] (permuted) and labels [n]."""
+        return self._permuted("train", self._x_train), self._y_train
+
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """One shuffled pass over the current task's training data."""
-        x = self._permuted("train", self._x_train)
-        order = torch.randperm(len(self._y_train), generator=self.gen).to(self.device)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            yield x[idx], self._y_train[idx]
+        x, y = self._train()
+        order = torch.randperm(len(y), generator=self.gen).to(self.device)
+        # One gather per chunk of batches, then views: a per-batch gather costs
+        # more than a small learner's step at batch size 1. Chunks are whole
+        # batches, so the batches (and their values) are those of a per-batch gather.
+        chunk = batch_size * max(1, _CHUNK // batch_size)
+        for c in range(0, len(order), chunk):
+            idx = order[c:c + chunk]
+            xs, ys = x[idx], y[idx]  # [<= chunk, d], [<= chunk]
+            for i in range(0, len(idx), batch_size):
+                yield xs[i:i + batch_size], ys[i:i + batch_size]
 
     def heldout(self) -> tuple[Tensor, Tensor]:
         """The current task's held-out images and labels."""
@@ -97,6 +121,85 @@ class PermutedImages:
         self.task, self.perm = int(state["task"]), state["perm"].clone()
         self.gen.set_state(state["gen"])
         self._cache = {}
+
+
+class ClassIncrementalImages(PermutedImages):
+    """Classes arrive in a seeded order; each task passes once over every class seen so far."""
+
+    def __init__(self, images: ImageSet, seed: int, heldout_frac: float = 0.1,
+                 device: torch.device | None = None, initial_classes: int = 2,
+                 classes_per_increment: int = 1, tasks_per_increment: int = 1) -> None:
+        super().__init__(images, seed, heldout_frac, device)
+        n = self.out_dim
+        for key, value, high in (("initial_classes", initial_classes, n),
+                                 ("classes_per_increment", classes_per_increment, n),
+                                 ("tasks_per_increment", tasks_per_increment, None)):
+            if value < 1 or (high is not None and value > high):
+                raise ParameterError(key, value, "an integer >= 1" if high is None
+                                     else f"1..{high} (the image set has {n} classes)")
+        self.n_classes = n
+        self.initial, self.per_increment, self.tasks_per_increment = (
+            initial_classes, classes_per_increment, tasks_per_increment)
+        #: class sets per cycle: initial, then + per_increment until all n are in
+        self.increments = 1 + math.ceil((n - initial_classes) / classes_per_increment)
+        self.tasks_per_cycle = self.increments * tasks_per_increment
+        self.order = torch.arange(n)  # class order of the current cycle
+        self.seen = 0                 # classes in the current task
+        self.cycle = -1
+
+    @property
+    def train_size(self) -> int:
+        """Training samples of the current task (the seen classes'; 0 before the first task)."""
+        return len(self._train()[1]) if self.seen else 0
+
+    @property
+    def seen_classes(self) -> list[int]:
+        """Labels of the classes the current task trains on, in arrival order."""
+        return self.order[:self.seen].tolist()
+
+    def newest_classes(self) -> Tensor:
+        """Labels [k] of the current task's most recent increment (the initial classes in a cycle's first tasks)."""
+        j = (self.task % self.tasks_per_cycle) // self.tasks_per_increment  # increment within the cycle
+        start = 0 if j == 0 else min(self.n_classes, self.initial + (j - 1) * self.per_increment)
+        return self.order[start:self.seen]
+
+    def begin_task(self) -> None:
+        """Next task: more classes every ``tasks_per_increment`` tasks; a new cycle after all."""
+        self.task += 1
+        pos = self.task % self.tasks_per_cycle
+        if pos == 0:  # a new cycle: new class order, new pixel permutation
+            self.cycle += 1
+            self.order = torch.randperm(self.n_classes, generator=self.gen)
+            self.perm = torch.randperm(self.in_dim, generator=self.gen)
+            self._cache = {}
+        seen = min(self.n_classes, self.initial + (pos // self.tasks_per_increment) * self.per_increment)
+        if seen != self.seen:
+            self.seen = seen
+            self._cache = {}
+
+    def _subset(self, name: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        key = name + "_y"
+        if key not in self._cache:
+            keep = torch.isin(y, self.order[:self.seen].to(y.device)).nonzero().flatten()  # [m]
+            self._cache[key] = y[keep]
+            self._cache[name] = x[keep][:, self.perm.to(x.device)].contiguous()
+        return self._cache[name], self._cache[key]
+
+    def _train(self) -> tuple[Tensor, Tensor]:
+        return self._subset("train", self._x_train, self._y_train)
+
+    def heldout(self) -> tuple[Tensor, Tensor]:
+        """Held-out images and labels of the seen classes, in the current permutation."""
+        return self._subset("test", self._x_test, self._y_test)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task index, generator, permutation, cycle, class order and classes seen."""
+        return {**super().state_dict(), "cycle": self.cycle, "order": self.order.clone(), "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.cycle, self.order, self.seen = int(state["cycle"]), state["order"].clone(), int(state["seen"])
 
 
 class SlowRegression:

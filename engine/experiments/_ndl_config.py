@@ -59,10 +59,20 @@ class NeurogenesisConfig(Section):
                                         "columns in plasticity (they start at zero; 0.01 = decoder entirely at LR/100).")
     replay_ratio: float = Field(1.0, ge=0, le=100, description="Replayed samples per earlier class, relative to the "
                                 "new class's training samples.")
-    stats_source: Literal["data", "replay"] = Field(
-        "data", description="What refreshes every class's replay statistics after a stage: its training "
-        "images encoded by the updated network (data), or its own replayed images re-encoded (replay: "
-        "no old images kept at all; statistics drift over stages).")
+    stats_source: Literal["replay", "data", "reencode"] = Field(
+        "replay", description="Where replay statistics come from. replay (data-free, the default): each "
+        "class's top-code mean/covariance is fitted from its own images when it is learned; after every "
+        "later stage it is re-fitted from its replayed samples, each code moved by how the stage changed "
+        "the encoding of its decoded image. reencode (data-free): re-fitted from the replayed images' new "
+        "codes as they are (the autoencoder's projection then compounds over stages). Under both, a "
+        "class's training images are never read after its stage (a guard raises). data (stored-data "
+        "variant, not intrinsic): after every stage every seen class's stored training images are "
+        "re-encoded by the updated network.")
+    thresholds: Literal["base", "per_class"] = Field(
+        "base", description="Outlier thresholds Th_L. base: the outlier_percentile of the base classes' "
+        "through-level error, measured once after base training. per_class: that percentile measured "
+        "per class when it is learned (its own images, end of its stage); Th_L is the highest over "
+        "learned classes, so thresholds follow the hardest class learned so far.")
     cov_shrinkage: float = Field(0.05, ge=0, le=1, description="Shrinkage of replay covariances towards tr/d * I.")
     eval_every: int = Field(50, ge=0, le=10**7, description="Steps between periodic per-class held-out evaluations (0 off).")
 

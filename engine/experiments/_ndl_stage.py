@@ -13,15 +13,19 @@ fractions, grows levels and switches phases:
   LR * ``slow_lr_scale`` on the new class + replay), and measure again. A level
   whose lower neighbour grew this stage runs one plasticity + stability round
   even without growing itself, so it learns to use (and to reconstruct) the
-  new units it received.
+  new units it received. A round's last batch carries a probe that measures
+  the level right after its step, so when a level stops growing its
+  :class:`~engine.telemetry.events.StructuralChange` (one per level per stage,
+  ``units`` = all it added) leaves with that step's ``StepResult``.
 * CL (``neurogenesis`` off): levels are measured (telemetry only) and the whole
   autoencoder is fine-tuned on the new class (+ replay for CL+IR).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, replace
+from itertools import chain
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -29,18 +33,23 @@ from torch import Tensor, nn
 from engine.mechanisms.neurogenesis import growth_plans, outlier_mask
 from engine.models.autoencoder import StackedAutoencoder, per_sample_error
 from engine.surgery import apply_plan
-from engine.telemetry.events import Sample
+from engine.telemetry.events import Sample, StructuralChange
 
 MODES = ("base", "plasticity", "stability", "finetune")
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Images [b, D] to train on, and how: ``level`` 0 means the whole autoencoder."""
+    """Images [b, D] to train on, and how: ``level`` 0 means the whole autoencoder.
+
+    ``after``: run by ``apply_update`` right after this batch's step (the
+    last batch of a growth round measures its level there).
+    """
 
     mode: str
     level: int
     x: Tensor
+    after: Callable[[], None] | None = None
 
 
 def minibatches(x: Tensor, batch_size: int, epochs: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -181,12 +190,50 @@ def grow(exp: Any, level: int, count: int) -> None:
                         Sample("ndl_neurons_added_total", (name,), float(exp.total_added[level - 1]))))
 
 
-def _phases(exp: Any, level: int, outliers: Tensor, mixed: Tensor) -> Iterator[Batch]:
+def _phases(exp: Any, level: int, outliers: Tensor, mixed: Tensor, after: Callable[[], None]) -> Iterator[Batch]:
+    """A plasticity + stability round of ``level``; its last batch carries ``after``.
+
+    One batch of look-ahead: every shuffle still comes from ``exp.gen`` in
+    the same order (nothing else draws from it between two batches).
+    """
     fam, bs = exp.fam, exp.cfg.train.batch_size
-    for xb in minibatches(outliers, bs, fam.plasticity_epochs, exp.gen):
-        yield Batch("plasticity", level, xb)
-    for xb in minibatches(mixed, bs, fam.stability_epochs, exp.gen):
-        yield Batch("stability", level, xb)
+    plastic = (Batch("plasticity", level, xb) for xb in minibatches(outliers, bs, fam.plasticity_epochs, exp.gen))
+    batches = chain(plastic,
+                    (Batch("stability", level, xb) for xb in minibatches(mixed, bs, fam.stability_epochs, exp.gen)))
+    pending: Batch | None = None
+    for batch in batches:
+        if pending is not None:
+            yield pending
+        pending = batch
+    if pending is not None:
+        yield replace(pending, after=after)
+
+
+class _LevelProbe:
+    """Measures level ``level`` after a round's last step and decides whether it grows again.
+
+    When the level has grown this stage and the gate says stop, one
+    ``grow`` :class:`StructuralChange` for the whole stage is queued in
+    ``exp.pending_events`` (returned with that step).
+    """
+
+    def __init__(self, exp: Any, level: int, x_new: Tensor, first_fraction: float) -> None:
+        self.exp, self.level, self.x_new = exp, level, x_new
+        self.first_fraction = first_fraction  # outlier fraction before the level's first growth
+        self.fraction, self.mask = first_fraction, torch.zeros(0, dtype=torch.bool)  # set by measure()
+
+    def measure(self) -> None:
+        """Measure the level now (after the round's last step); queue its growth event when it stops."""
+        exp, i = self.exp, self.level - 1
+        self.fraction, self.mask = measure_level(exp, self.level, self.x_new)
+        added = exp.stage_added[i]
+        if added and exp.gate.units_to_add(self.fraction, added) == 0:
+            why = ("growth cap reached" if exp.gate.needs_growth(self.fraction)
+                   else f"outliers now {self.fraction:.3f} <= {exp.gate.max_fraction}")
+            exp.pending_events.append(StructuralChange(
+                "grow", f"encoder.{i}", exp.stage_epoch, units=added, subject=str(exp.current_class),
+                reason=f"class {exp.current_class}: outlier fraction {self.first_fraction:.3f} > "
+                       f"{exp.gate.max_fraction} at Th_{self.level}; {why}"))
 
 
 def run_stage(exp: Any, x_new: Tensor, replay: dict[int, Tensor]) -> Iterator[Batch]:
@@ -205,11 +252,13 @@ def run_stage(exp: Any, x_new: Tensor, replay: dict[int, Tensor]) -> Iterator[Ba
     gate = exp.gate
     for level in range(1, k + 1):
         frac, mask = measure_level(exp, level, x_new)
+        probe = _LevelProbe(exp, level, x_new, frac)
         below_grew = level > 1 and exp.stage_added[level - 2] > 0
         if below_grew and not gate.units_to_add(frac, exp.stage_added[level - 1]):
-            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed)
-            frac, mask = measure_level(exp, level, x_new)
+            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed, probe.measure)
+            frac, mask = probe.fraction, probe.mask
+            probe.first_fraction = frac
         while (count := gate.units_to_add(frac, exp.stage_added[level - 1])) > 0:
             grow(exp, level, count)
-            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed)
-            frac, mask = measure_level(exp, level, x_new)
+            yield from _phases(exp, level, x_new[mask] if mask.any() else x_new, mixed, probe.measure)
+            frac, mask = probe.fraction, probe.mask

@@ -17,8 +17,9 @@ class PlasticityConfig(Section):
     """Stream, learner, replacement mechanism, baselines and diagnostics of one run."""
 
     data: ImageDataConfig = Field(default_factory=ImageDataConfig)
-    stream: Literal["permuted_images", "slow_regression"] = Field(
-        "permuted_images", description="Task stream: permuted-pixel images or slowly-changing regression.")
+    stream: Literal["permuted_images", "class_incremental", "slow_regression"] = Field(
+        "permuted_images", description="Task stream: permuted-pixel images, class-incremental images "
+        "(classes arrive in order, cycles under new permutations) or slowly-changing regression.")
     n_tasks: int = Field(200, ge=1, le=10**6, description="Tasks in the stream (one epoch each).")
     heldout_frac: float = Field(
         0.1, gt=0, lt=1, description="Held-out fraction of the images (val metrics per task); for "
@@ -44,6 +45,10 @@ class PlasticityConfig(Section):
     perturb: float = Field(0.0, ge=0, le=1, description="Shrink-and-perturb: std of the Gaussian noise added each step.")
     probe_size: int = Field(2000, ge=1, le=10**6, description="Fixed probe samples for diagnostics (capped at the stream's).")
     diagnostics_every: int = Field(500, ge=1, le=10**9, description="Steps between probe diagnostics (rank, dead, dormant).")
+    initial_classes: int = Field(2, ge=1, le=1000, description="class_incremental: classes of a cycle's first tasks.")
+    classes_per_increment: int = Field(1, ge=1, le=1000, description="class_incremental: classes added per increment.")
+    tasks_per_increment: int = Field(
+        2, ge=1, le=10**6, description="class_incremental: tasks (passes over the seen classes) per class set.")
     n_bits: int = Field(20, ge=2, le=64, description="slow_regression: input bits.")
     slow_bits: int = Field(15, ge=1, le=63, description="slow_regression: slowly-changing bits (one flips per task).")
     task_samples: int = Field(10000, ge=1, le=10**8, description="slow_regression: samples per task (the flip period T).")

@@ -9,11 +9,15 @@ shrink-and-perturb (``shrink``/``perturb``) are baselines on the same loop.
 Every ``diagnostics_every`` steps the probe diagnostics go out as catalog
 samples; at each task end the task's held-out split gives ``val_loss`` (and
 ``val_accuracy`` for classification) and per-unit signals go to the layers.
+Replacements are reported as :class:`StructuralChange` events (kind
+``replace``), summed per layer over a task and returned with the task's last
+step: at most one per layer per task, whatever the replacement rate.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,12 +27,14 @@ from torch import Tensor, nn
 
 from engine.config import RunConfig
 from engine.data.images import load_images
-from engine.data.streams import PermutedImages, SlowRegression
+from engine.data.streams import ClassIncrementalImages, PermutedImages, SlowRegression
 from engine.experiments._plasticity_artifacts import write_plasticity_artifacts
 from engine.experiments._plasticity_config import PlasticityConfig
 from engine.experiments._plasticity_diag import ROW_KEYS, ProbeDiagnostics
+from engine.experiments._plasticity_step import ReplacementLedger, Stepper
 from engine.experiments.base import EpochReport, StepResult, scale_optimizer_lr
 from engine.diagnostics.rank import redo_scores
+from engine.errors import ConfigError, ParameterError
 from engine.mechanisms.replacement import get_mechanism
 from engine.models.mlp import MLP
 from engine.registry import register_experiment
@@ -56,6 +62,14 @@ class PlasticityExperiment:
             images = load_images(fam.data, seed)
             self._images_manifest = images.manifest()
             self.stream = PermutedImages(images, seed + 1, fam.heldout_frac, device)
+        elif fam.stream == "class_incremental":
+            images = load_images(fam.data, seed)
+            self._images_manifest = images.manifest()
+            try:
+                self.stream = ClassIncrementalImages(images, seed + 1, fam.heldout_frac, device, fam.initial_classes,
+                                                     fam.classes_per_increment, fam.tasks_per_increment)
+            except ParameterError as exc:  # class counts depend on the data set: bad input, exit 2
+                raise ConfigError(exc.key, exc.value, exc.allowed) from None
         else:
             self.stream = SlowRegression(seed + 1, fam.n_bits, fam.slow_bits, fam.task_samples,
                                          max(1, round(fam.heldout_frac * fam.task_samples)),
@@ -79,15 +93,17 @@ class PlasticityExperiment:
         self.diag = ProbeDiagnostics(fam.hidden_layers, fam.redo_tau)
         self._weights = [lin.weight for lin in self.model.layers]
         self._params = params
+        self._stepper = Stepper(self.model, self.optimizer, self.classification)
+        self.ledger = ReplacementLedger(fam.mechanism)
+        self._batches_left = 0  # of the current task; its last step returns the task's StructuralChange events
         self.probe_n = min(fam.probe_size, self._stream_size())
         self.tasks: list[dict[str, Any]] = []
         self.epoch = self.step = 0
         self._new_task = False
-        self._forward: tuple[Tensor, list[Tensor]] | None = None  # compute_loss -> apply_update
         self._reset_online()
 
     def _stream_size(self) -> int:
-        if isinstance(self.stream, PermutedImages):
+        if isinstance(self.stream, PermutedImages):  # class-incremental too: the probe shows every class
             return len(self.stream._x_all)
         return 4096
 
@@ -108,6 +124,7 @@ class PlasticityExperiment:
         self.stream.begin_task()
         self._reset_online()
         self._new_task = True
+        self._batches_left = math.ceil(self.stream.train_size / self.cfg.train.batch_size)
         return self.stream.batches(self.cfg.train.batch_size)
 
     # -- training --------------------------------------------------------------------
@@ -117,29 +134,28 @@ class PlasticityExperiment:
         return acts
 
     def compute_loss(self, batch: tuple[Tensor, Tensor], step: int) -> Tensor:
-        """Score the batch before its update (online); the outputs are kept for :meth:`apply_update`."""
+        """Score the batch before its update (online); the stepper keeps the outputs for :meth:`apply_update`.
+
+        With plain SGD the loss carries no autograd graph: :meth:`apply_update`
+        computes the same gradients itself (:class:`Stepper`).
+        """
         x, y = batch
-        out, hidden = self.model(x, hidden=True)  # out [b, classes or 1], hidden: [b, units] per layer
-        self._forward = (out, hidden)
-        return self.loss_fn(out, y)
+        return self._stepper.loss(x, y)
 
     def apply_update(self, batch: tuple[Tensor, Tensor], step: int, loss: Tensor) -> StepResult:
         """Update, then let the mechanism replace units; online metrics and diagnostics."""
         _, y = batch
-        out, hidden = self._forward
-        self._forward = None
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norms = torch._foreach_norm([p.grad for p in self._params])  # type: ignore[misc]
+        out, hidden, norms = self._stepper.update(loss)  # out [b, classes or 1]; hidden [b, units] per layer;
+        # norms: per parameter, w0, b0, w1, b1, ..., head
         self.diag.add_grad_norms(torch.stack(norms[0:2 * len(self._weights):2]))  # hidden weights
         grad_norm = float(torch.linalg.vector_norm(torch.stack(norms)))
-        self.optimizer.step()
         if self.fam.shrink > 0:
             self._shrink_and_perturb()
         if self.mech is not None:
             self.mech.observe(step, hidden)
             for plan in self.mech.plans(step, self._probe_hidden):
                 apply_plan(self.model, self.optimizer, plan, self.gen)
+                self.ledger.add(plan)
         with torch.no_grad():
             self._loss_sum += loss.detach().double() * len(y)
             if self.classification:
@@ -152,6 +168,9 @@ class PlasticityExperiment:
             events.append(MetricSamples(self.step, self.epoch, (Sample("stream_task", (), float(self.stream.task)),)))
         if self.step % self.fam.diagnostics_every == 0:
             events.append(self._diagnostics())
+        self._batches_left -= 1
+        if self._batches_left == 0:  # the task's last step: its replacements, one event per layer
+            events += self.ledger.flush(self.epoch)
         return StepResult(len(y), grad_norm, events)
 
     @torch.no_grad()
@@ -175,6 +194,10 @@ class PlasticityExperiment:
         xh, yh = self.stream.heldout()
         out = self.model(xh)
         metrics = {"val_loss": float(self.loss_fn(out, yh)), "stream_task": float(self.stream.task)}
+        if isinstance(self.stream, ClassIncrementalImages):  # history only (no catalog gauges yet)
+            newest = torch.isin(yh, self.stream.newest_classes().to(yh.device))  # [n] bool
+            metrics.update(stream_classes=float(self.stream.seen), stream_cycle=float(self.stream.cycle),
+                           val_new_class_accuracy=float((out.argmax(1) == yh)[newest].float().mean()))
         n = max(self._seen, 1)
         online_loss = float(self._loss_sum) / n
         metrics["online_loss"] = online_loss
@@ -208,6 +231,18 @@ class PlasticityExperiment:
         """Model parameters (constant: replacement re-initialises in place)."""
         return sum(p.numel() for p in self.model.parameters())
 
+    def quality_metric(self, phase: str) -> str:
+        """``online_loss``: the figure structural-change accounting compares around replacements.
+
+        Replacements happen during a task's steps, and the online loss (each
+        batch scored before its update, averaged over the task) is the only
+        figure that sees the steps right after them; the held-out ``val_loss``
+        is taken once, after the whole pass, when a harmful replacement has had
+        the rest of the task to be trained around. Task-to-task noise of both
+        is measured in README (loss-of-plasticity section).
+        """
+        return "online_loss"
+
     def learning_rate(self) -> float:
         """The optimizer's learning rate."""
         return float(self.optimizer.param_groups[0]["lr"])
@@ -219,6 +254,12 @@ class PlasticityExperiment:
     def manifest(self) -> dict[str, Any]:
         """The stream's data: the image set (with checksum) or the regression target's hash."""
         fam = self.fam
+        if isinstance(self.stream, ClassIncrementalImages):
+            s_ci = self.stream
+            return {"stream": fam.stream, "tasks": fam.n_tasks, "train_images": len(s_ci._y_train),
+                    "initial_classes": s_ci.initial, "classes_per_increment": s_ci.per_increment,
+                    "tasks_per_increment": s_ci.tasks_per_increment, "tasks_per_cycle": s_ci.tasks_per_cycle,
+                    "probe_samples": self.probe_n, **(self._images_manifest or {})}
         if self._images_manifest is not None:
             return {"stream": fam.stream, "tasks": fam.n_tasks, "train_per_task": self.stream.train_size,
                     "probe_samples": self.probe_n, **self._images_manifest}

@@ -211,14 +211,15 @@ class SeedsExperiment:
             self.model.head.reset_parameters()  # fault drill: a sudden accuracy collapse
         val_loss, val_acc, acts = self._evaluate()
         events: list[Any] = []
-        verdict = self.guard.observe(val_loss)
+        last = epoch == self.fam.warm_up_epochs + self.fam.adaptation_epochs - 1
+        verdict = self.guard.observe(val_loss, final=last)
         if isinstance(verdict, CullSeed):  # the seed in flight hurt: back to the model without it
             events += self._apply(self.model.seeds[verdict.seed], verdict, "seed_rollback",  # type: ignore[arg-type]
                                   quality=val_loss)  # judged against the loss that made it roll back
             log.warning("seed %s %s", verdict.seed, verdict.reason)
             val_loss, val_acc, acts = self._evaluate()  # report the model as it now stands
             self.guard.last_loss = val_loss
-        elif verdict is not None:
+        elif verdict is not None and self.model.seeds[verdict.seed].state == "active":  # type: ignore[union-attr]
             events += self._apply(self.model.seeds[verdict.seed], verdict, "fossilize")  # type: ignore[arg-type]
         self._observe_seeds(acts=acts)
         layers = tuple(LayerSignal(f"layers.{i}", "activation_abs_mean", h.abs().mean(0).cpu().numpy())

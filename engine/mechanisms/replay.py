@@ -6,6 +6,16 @@ and its eigenvalues are clamped at ``min_eig`` before the Cholesky factor
 ``L`` is taken, so one sample, identical samples or ``n < d`` never make it
 singular. Sampling draws ``mu + L z`` with ``z ~ N(0, I)`` on a given
 generator; the caller decodes the codes into images.
+
+:func:`transported_codes` carries a class's samples across a change of the
+network without its data: codes ``z`` [n, d] were decoded into images before
+the change; re-encoding those images before (``before`` [n, d]) and after
+(``after`` [n, d'], d' >= d when the top level grew) the change gives each
+sample's drift ``after - before``, which is added to ``z``. Re-encoding alone
+(``after`` as the new codes) would also apply the autoencoder's own
+projection ``enc(dec(z)) != z`` at every stage, and that compounds: on 8x8
+digits the base classes' covariance trace fell to 13-25% of the true one
+after 8 stages.
 """
 
 from __future__ import annotations
@@ -14,6 +24,21 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def transported_codes(z: Tensor, before: Tensor, after: Tensor) -> Tensor:
+    """``z`` [n, d] moved by the network's change: ``z + after[:, :d] - before``, new units' codes appended.
+
+    ``before`` [n, d]: codes of ``dec(z)`` re-encoded before the change;
+    ``after`` [n, d'] (d' >= d): the same images encoded after it. Units added
+    at the top (columns ``d..d'-1``) have no earlier code, so their values are
+    taken as they are. Unchanged network -> ``z`` exactly.
+    """
+    n, d = z.shape
+    if before.shape != (n, d) or after.dim() != 2 or after.shape[0] != n or after.shape[1] < d:
+        raise ValueError(f"z {tuple(z.shape)}, before {tuple(before.shape)} and after {tuple(after.shape)} "
+                         "must be [n, d], [n, d] and [n, d' >= d]")
+    return torch.cat([z + (after[:, :d] - before), after[:, d:]], 1)
 
 
 class ClassGaussians:

@@ -52,15 +52,19 @@ class SeedGuard:
         if seed == self.seed:
             self.left = self.probation_epochs
 
-    def observe(self, val_loss: float) -> CullSeed | FossilizeSeed | None:
+    def observe(self, val_loss: float, final: bool = False) -> CullSeed | FossilizeSeed | None:
         """Judge the seed in flight on this evaluation's ``val_loss``.
 
         Returns a cull plan when it hurt, a fossilize plan when its probation
         ended within the tolerance, else None (nothing in flight, or pending).
+        ``final`` (the run's last evaluation) ends the probation now: a seed
+        still in flight may not leave the model worse than it found it.
         """
         self.last_loss = val_loss
         if not self.seed or not math.isfinite(self.reference):
             return None
+        if final:
+            self.left = 1
         seed, ref = self.seed, self.reference
         change = (val_loss - ref) / abs(ref) if ref else (math.inf if val_loss > 0 else 0.0)
         change = change if math.isfinite(val_loss) else math.inf
