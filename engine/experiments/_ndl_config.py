@@ -108,3 +108,14 @@ class NeurogenesisConfig(Section):
             if missing:
                 raise ConfigError(key, getattr(self, key), f"classes present in the data ({available}); "
                                   f"missing {missing}")
+
+
+#: The family's defaults for the shared ``train`` section (flags still win).
+#: StructuralChangesHurting is off by default here (impact_streak and
+#: impact_net_limit 0): a level grows in the same window as the stage learns a
+#: new class and replays the old ones, so the base-class error measured around
+#: a growth is the stage's effect, not the growth's (the first stage of a
+#: healthy default run raises it ~2.8x before replay brings it down);
+#: NdlClassForgetting watches that. The accounting itself (events, metrics,
+#: annotations) still runs; set the two limits to page on it.
+TRAIN_DEFAULTS = {"optimizer": "adam", "lr": 3e-3, "batch_size": 32, "impact_streak": 0, "impact_net_limit": 0.0}

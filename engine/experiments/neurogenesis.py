@@ -35,7 +35,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.data.images import load_images, stratified_split
-from engine.experiments._ndl_config import NeurogenesisConfig
+from engine.experiments._ndl_config import TRAIN_DEFAULTS, NeurogenesisConfig
 from engine.experiments._ndl_data import ClassRows
 from engine.experiments._ndl_report import class_samples, stage_samples, write_all
 from engine.experiments._ndl_stage import Batch, batch_loss, make_optimizer, minibatches, run_stage, update
@@ -51,7 +51,7 @@ __all__ = ["NeurogenesisConfig", "NeurogenesisExperiment"]
 
 @register_experiment("neurogenesis", NeurogenesisConfig,
                      "Neurogenesis deep learning + intrinsic replay on a class-incremental autoencoder",
-                     train_defaults={"optimizer": "adam", "lr": 3e-3, "batch_size": 32})
+                     train_defaults=TRAIN_DEFAULTS)
 class NeurogenesisExperiment:
     """Model, optimizer, data, neurogenesis and replay state of one run."""
 
@@ -150,22 +150,25 @@ class NeurogenesisExperiment:
     def _replay_pool(self, n_new: int) -> dict[int, torch.Tensor]:
         """Decoded samples per earlier class, drawn before the stage changes the network.
 
-        Trained on; with ``stats_source`` replay they also refresh the earlier
-        classes' statistics after the stage. Without replay nothing is drawn
-        (the statistics would serve nothing): the variants without replay are
-        then the same under both statistics sources.
+        Trained on with replay on; under a data-free ``stats_source`` they also
+        refresh the earlier classes' statistics after the stage. Without replay
+        they only keep the statistics in step with the grown network (for
+        ``replay_samples.png``), drawn from a side generator seeded by
+        (seed, stage): training and the run's generator are untouched, so the
+        variants without replay are the same under every statistics source.
         """
         fam = self.fam
-        if not fam.replay:
+        if not fam.replay and fam.stats_source == "data":
             return {}
+        gen = self.gen if fam.replay else torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.stage)
         # At least 2 per class so a covariance can be re-fitted even at replay_ratio 0.
-        n = max(round(fam.replay_ratio * n_new), 2)
+        n = max(round(fam.replay_ratio * n_new) if fam.replay else n_new, 2)
         self.model.eval()
-        codes = {c: self.stats.sample(c, n, self.gen).to(self.device) for c in self.stats.classes}  # [n, d]
+        codes = {c: self.stats.sample(c, n, gen).to(self.device) for c in self.stats.classes}  # [n, d]
         pool = {c: self.model.decode_from(z) for c, z in codes.items()}  # class -> [n, D] images
         # Kept until the stage ends: the drawn codes and their re-encoding before the stage.
         self._pool_codes = {c: (z, self.model.code(pool[c])) for c, z in codes.items()}
-        if fam.replay_ratio > 0:
+        if fam.replay and fam.replay_ratio > 0:
             self.replay_total += n * len(pool)
         return pool
 
