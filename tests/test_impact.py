@@ -52,15 +52,25 @@ def test_next_change_of_a_subject_closes_its_window() -> None:
     assert led.streak == 0  # an improving change resets the streak
 
 
-def test_streak_ignores_neutral_changes_and_counts_nan_as_harm() -> None:
+def test_streak_counts_harmful_windows_in_a_row_and_nan_as_harm() -> None:
     led = ImpactLedger(settle=1, tolerance=0.05)
     led.evaluate("val_loss", 1.0)
     results = []
-    for after in (1.2, 1.21, 1.5, math.nan):  # harmful, neutral, harmful, NaN
+    for after in (1.2, 1.21, 1.5, 2.0, math.nan):  # harmful, neutral, harmful, harmful, NaN
         led.record(change())
         results += led.evaluate("val_loss", after)
-    assert [i.harmful for i in results] == [True, False, True, True]
-    assert [i.streak for i in results] == [1, 1, 2, 3]
+    assert [i.harmful for i in results] == [True, False, True, True, True]
+    assert [i.streak for i in results] == [1, 0, 1, 2, 3]
+
+
+def test_changes_sharing_a_window_count_once() -> None:
+    led = ImpactLedger(settle=1, tolerance=0.05)
+    led.evaluate("online_loss", 1.0)
+    for layer in ("l0", "l1", "l2"):  # three layers replaced in one task
+        led.record(change("replace", layer))
+    impacts = led.evaluate("online_loss", 1.2)
+    assert len(impacts) == 3 and all(i.harmful for i in impacts)
+    assert [i.streak for i in impacts] == [1, 1, 1] and math.isclose(led.net, 0.2)
 
 
 def test_net_adds_up_changes_under_the_tolerance() -> None:

@@ -21,15 +21,16 @@ two evaluations share their window.
 A change that brings its own ``quality_before`` (the family evaluated just
 before making it) closes those windows at that figure.
 
-``net`` adds up the deltas of every settled change (windows do not overlap,
-so this is how much the quality figure moved inside structural changes'
-windows), relative to the figure before the first change: it shows harm that
-comes in steps each under the tolerance.
+``net`` adds up the change of the quality figure over every settled window
+(windows do not overlap, so this is how much it moved inside structural
+changes' windows), relative to the figure before the first change: it shows
+harm that comes in steps each under the tolerance.
 
-``streak`` counts harmful impacts since the last improving one (relatively
-better by more than ``tolerance``); impacts within the tolerance leave it as
-it is, because changes with no effect on the output (a germinated seed that is
-not blending yet, a culled dormant seed) say nothing about the mechanism.
+``streak`` counts harmful windows in a row: a measured window within the
+tolerance (or better) resets it; a change with no evaluation in its window
+(``settled == 0``: a germinated seed closed by its blend start) says nothing
+and leaves it. Changes sharing one window (several layers replaced in one
+task) are one measurement: they count once towards ``streak`` and ``net``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ImpactLedger:
     streak: int = 0
     net: float = 0.0  # sum of settled deltas over |first before|
     origin: float = _NAN  # the figure before the first settled change
+    window: tuple[int, int, float, float] | None = None  # the last window counted (evaluation, settled, before, after)
     pending: list[_Pending] = field(default_factory=list)
 
     def record(self, change: StructuralChange) -> list[StructuralImpact]:
@@ -116,12 +118,12 @@ class ImpactLedger:
         harmful = bool(relative > self.tolerance)
         if not math.isfinite(self.origin) and math.isfinite(p.before):
             self.origin = p.before
-        if math.isfinite(delta) and math.isfinite(self.origin) and self.origin:
-            self.net += delta / abs(self.origin)
-        if harmful:
-            self.streak += 1
-        elif relative < -self.tolerance:
-            self.streak = 0
+        window = (p.evaluation, settled, p.before, after)
+        if settled > 0 and window != self.window:  # a new measurement
+            self.window = window
+            if math.isfinite(delta) and math.isfinite(self.origin) and self.origin:
+                self.net += delta / abs(self.origin)
+            self.streak = self.streak + 1 if harmful else 0
         c = p.change
         return StructuralImpact(c.kind, c.layer, c.epoch, c.step, c.units, c.subject, metric, p.before,
                                 after, delta, relative, harmful, settled, p.accuracy_before,
@@ -132,6 +134,7 @@ class ImpactLedger:
         return {"evaluations": self.evaluations, "quality": self.quality, "accuracy": self.accuracy,
                 "metric": self.metric,
                 "streak": self.streak, "net": self.net, "origin": self.origin,
+                "window": list(self.window) if self.window else None,
                 "pending": [{"change": {k: getattr(p.change, k) for k in StructuralChange.__dataclass_fields__},
                              "before": p.before, "accuracy_before": p.accuracy_before,
                              "evaluation": p.evaluation, "due": p.due} for p in self.pending]}
@@ -142,5 +145,7 @@ class ImpactLedger:
         self.quality, self.accuracy = float(state["quality"]), float(state["accuracy"])
         self.metric = str(state.get("metric", ""))
         self.net, self.origin = float(state.get("net", 0.0)), float(state.get("origin", _NAN))
+        w = state.get("window")
+        self.window = (int(w[0]), int(w[1]), float(w[2]), float(w[3])) if w else None
         self.pending = [_Pending(StructuralChange(**p["change"]), float(p["before"]), float(p["accuracy_before"]),
                                  int(p["evaluation"]), int(p["due"])) for p in state["pending"]]
