@@ -31,6 +31,8 @@ CASES: dict[str, list[str]] = {
     "redo": ["--mechanism", "redo", "--redo_tau", "0.5"],
     "l2": ["--mechanism", "none", "--weight_decay", "0.01"],
     "shrink_perturb": ["--mechanism", "none", "--shrink", "0.001", "--perturb", "0.001"],
+    "class_incremental": ["--mechanism", "redo", "--stream", "class_incremental", "--initial_classes", "3",
+                          "--tasks_per_increment", "1"],
     "regression": ["--mechanism", "cbp", "--stream", "slow_regression", "--task_samples", "200",
                    "--hidden_units", "5", "--hidden_layers", "1", "--lr", "0.01"],
 }
@@ -93,7 +95,7 @@ def test_smoke_run(smoke: dict[str, Path], case: str) -> None:
     for metric in ("layer_dead_ratio", "layer_dormant_ratio"):
         assert all(0 <= v <= 1 for v in _last(samples, metric).values())
     replaced = sum(_last(samples, "units_replaced_total").values())
-    if case in ("cbp", "redo", "regression"):
+    if case in ("cbp", "redo", "regression", "class_incremental"):
         assert replaced > 0, case
     else:
         assert replaced == 0, case
@@ -114,6 +116,11 @@ def test_smoke_run(smoke: dict[str, Path], case: str) -> None:
     assert ("layers.0/cbp_utility" in npz) == case.startswith(("cbp", "regression"))
     manifest = read_json(run_dir / "manifest.json")
     assert manifest is not None and len(manifest["sha256"]) == 64
+    if case == "class_incremental":  # 3 classes, then one more per task
+        assert [h["stream_classes"] for h in history] == [3, 4, 5, 6]
+        assert manifest["tasks_per_cycle"] == 8 and all(0 <= h["val_new_class_accuracy"] <= 1 for h in history)
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert events  # the run's end at least
     neurons = read_jsonl(run_dir / "neurons.jsonl")
     assert len(neurons[-1]["layers.0/activation_abs_mean"]) == units
 

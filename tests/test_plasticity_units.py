@@ -283,3 +283,24 @@ def test_plan_type() -> None:
     cbp.observe(0, hidden)
     plans = cbp.plans(0)
     assert plans and all(isinstance(p, ReinitUnits) for p in plans)
+
+
+def test_cbp_host_side_mature_count_tracks_the_age_tensor() -> None:
+    # The count of mature units is kept on the host (no sync per step); it must equal
+    # the tensor's count through ticks, replacements and a state load.
+    model = _mlp()
+    cbp = ContinualBackprop(model, model.hidden_pairs(), rate=0.15, maturity=3, decay=0.9)
+    gen = torch.Generator().manual_seed(11)
+    replaced = 0
+    for step in range(40):
+        _, hidden = model(torch.rand(4, 5, generator=gen), hidden=True)
+        cbp.observe(step, hidden)
+        replaced += sum(len(p.indices) for p in cbp.plans(step))
+        for i, age in enumerate(cbp.age):
+            assert cbp._young[i].source is age  # the host count was not rebuilt from the tensor
+            assert age.numel() - cbp._young[i].young == int((age > 3).sum()), (step, i)
+        if step == 20:  # a load swaps the tensors: the count is rebuilt once
+            cbp.load_state_dict(cbp.state_dict())
+            assert all(y.source is None for y in cbp._young)
+            cbp.plans(step)  # rebuilds (and may replace)
+    assert replaced > 10

@@ -68,3 +68,14 @@ class PlasticityConfig(Section):
             raise ConfigError("shrink", self.shrink, "> 0 when perturb is set (shrink-and-perturb needs both; "
                               "noise alone would grow the weights without bound)")
         return self
+
+
+#: The family's defaults for the shared ``train`` section (flags still win).
+#: Structural-change accounting compares the online loss of consecutive tasks,
+#: which is noisy: in healthy CBP/ReDo runs 14-23% of task pairs worsen by
+#: more than 10% (README, loss-of-plasticity section), so a replacement is
+#: harmful only beyond 30%. The net change is off (impact_net_limit 0): over
+#: windows that tile the stream it is just the drift of the online loss from
+#: the first task, which PlasticityLoss watches.
+TRAIN_DEFAULTS = {"optimizer": "sgd", "lr": 0.1, "batch_size": 8, "momentum": 0.0,
+                  "impact_tolerance": 0.3, "impact_net_limit": 0.0}

@@ -65,6 +65,8 @@ class ContinualBackprop:
         """Update ages, mean activations and utilities from one step's activations."""
         eta, rest = self.decay, 1.0 - self.decay
         n = len(hidden)  # may cover only the first layers (tests)
+        if n == 0:  # nothing observed (foreach ops refuse empty lists)
+            return
         hs = [h.detach() for h in hidden]  # [batch, units] each
         ages, means, utils = self.age[:n], self.mean_act[:n], self.util[:n]
         torch._foreach_add_(ages, 1)
