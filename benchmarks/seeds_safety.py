@@ -50,10 +50,10 @@ CONFIGS: list[tuple[str, list[str]]] = [
                                                    "--warm_up_epochs", "30", "--adaptation_epochs", "50"]),
 ]
 ABLATIONS: list[tuple[str, list[str]]] = [
-    ("anchor, guard off", ["--blend_tolerance", "10", "--blend_abort", "1000"]),
-    ("anchor, children at 1x lr, guard off", ["--child_lr_scale", "1", "--blend_tolerance", "10",
-                                              "--blend_abort", "1000"]),
-    ("anchor, children at 1x lr", ["--child_lr_scale", "1"]),
+    ("anchor, children at 1x lr, guard off", ["--blend_tolerance", "10", "--blend_abort", "1000"]),
+    ("anchor, children at 0.1x lr (the anchor's)", ["--child_lr_scale", "0.1"]),
+    ("anchor, children at 0.1x lr, guard off", ["--child_lr_scale", "0.1", "--blend_tolerance", "10",
+                                                "--blend_abort", "1000"]),
     ("anchor, children with own Adam", ["--child_optimizer", "own"]),
     ("anchor, own Adam, guard off", ["--child_optimizer", "own", "--blend_tolerance", "10", "--blend_abort", "1000"]),
 ]

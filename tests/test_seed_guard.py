@@ -78,3 +78,15 @@ def test_the_last_evaluation_judges_a_seed_still_in_flight() -> None:
     assert isinstance(guard.observe(0.51, final=True), CullSeed)
     guard.start("t")
     assert isinstance(guard.observe(0.49, final=True), FossilizeSeed)
+
+
+def test_a_seed_that_keeps_improving_stays_in_probation() -> None:
+    guard = SeedGuard(0.0, 2)
+    guard.observe(0.50)
+    guard.start("s")
+    guard.blended("s")
+    for loss in (0.45, 0.40, 0.35, 0.30):  # each a real (> 1%) improvement: the window restarts
+        assert guard.observe(loss) is None and guard.busy
+    assert guard.observe(0.30) is None  # one evaluation without improvement
+    plan = guard.observe(0.31)  # two: judged, and better than before it blended
+    assert isinstance(plan, FossilizeSeed) and "0.5 -> 0.31" in plan.reason

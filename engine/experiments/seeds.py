@@ -50,7 +50,7 @@ class SeedsConfig(Section):
     child_optimizer: Literal["main", "own"] = Field(
         "main", description="How a blending/active child learns the task: in the main optimizer "
         "(at child_lr_scale x lr) or with its own Adam at shadow_lr.")
-    child_lr_scale: float = Field(0.1, gt=0, le=100, description="Learning rate of children in the "
+    child_lr_scale: float = Field(1.0, gt=0, le=100, description="Learning rate of children in the "
                                   "main optimizer, as a multiple of lr (child_optimizer main).")
     blend_tolerance: float = Field(0.0, ge=0, le=10, description="A seed is rolled back and culled when "
                                    "val loss at the end of its probation exceeds its pre-blend value by "
@@ -60,9 +60,9 @@ class SeedsConfig(Section):
     blend_abort: float = Field(0.5, ge=0, le=1000, description="A seed is rolled back at once when val loss "
                                "while it blends or is on probation exceeds its pre-blend value by more "
                                "than this fraction.")
-    probation_epochs: int = Field(5, ge=0, le=100000, description="Evaluations after alpha reaches 1 "
-                                  "during which a seed can still be rolled back; no other seed "
-                                  "germinates meanwhile.")
+    probation_epochs: int = Field(5, ge=0, le=100000, description="After alpha reaches 1, a seed is judged "
+                                  "once this many evaluations in a row did not improve its best val loss "
+                                  "(it may be rolled back until then); no other seed germinates meanwhile.")
     reservoir_size: int = Field(512, ge=8, le=10**6, description="Max interface activations a seed keeps.")
     acc_threshold: float = Field(0.95, gt=0, le=1, description="Germinate only while val accuracy is below this.")
     patience: int = Field(5, ge=1, description="Plateau epochs before germination.")

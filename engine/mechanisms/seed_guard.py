@@ -1,7 +1,9 @@
 """Seed guard: a seed whose blending makes the model worse is rolled back.
 
 One seed is *in flight* at a time: from the moment its child starts blending
-until ``probation_epochs`` evaluations after alpha reached 1. The quality
+until, after alpha reached 1, ``probation_epochs`` evaluations in a row have
+not improved on its best validation loss (a seed that keeps improving the
+model keeps learning; one that stopped is judged). The quality
 figure (validation loss, lower is better) of the last evaluation before
 blending began is the reference. The seed is judged on it:
 
@@ -35,8 +37,9 @@ class SeedGuard:
     abort_tolerance: float = math.inf
     seed: str = ""  # the seed in flight ("" when none)
     reference: float = math.nan  # val loss of the last evaluation before it blended
-    left: int = -1  # probation evaluations left after alpha reached 1 (-1: still blending)
+    left: int = -1  # evaluations without improvement left after alpha reached 1 (-1: still blending)
     last_loss: float = math.nan  # val loss of the latest evaluation
+    best: float = math.nan  # the seed's best val loss since it started blending
 
     @property
     def busy(self) -> bool:
@@ -45,7 +48,7 @@ class SeedGuard:
 
     def start(self, seed: str) -> None:
         """``seed`` starts blending now; its reference is the latest evaluation."""
-        self.seed, self.reference, self.left = seed, self.last_loss, -1
+        self.seed, self.reference, self.left, self.best = seed, self.last_loss, -1, self.last_loss
 
     def blended(self, seed: str) -> None:
         """``seed``'s alpha reached 1: its probation starts."""
@@ -72,8 +75,10 @@ class SeedGuard:
             self._clear()
             return CullSeed(seed, f"rolled back while blending: val loss {ref:.4g} -> {val_loss:.4g} "
                                   f"(+{change:.0%} > {self.abort_tolerance:.0%})")
+        improved = val_loss < self.best * (1.0 - 1e-2)  # 1%: a real improvement, not a wiggle
+        self.best = min(self.best, val_loss)
         if self.left > 0:
-            self.left -= 1
+            self.left = self.probation_epochs if improved and not final else self.left - 1
         if self.left != 0:
             return None
         self._clear()
@@ -87,9 +92,11 @@ class SeedGuard:
 
     def state_dict(self) -> dict[str, Any]:
         """Guard state for checkpoints."""
-        return {"seed": self.seed, "reference": self.reference, "left": self.left, "last_loss": self.last_loss}
+        return {"seed": self.seed, "reference": self.reference, "left": self.left, "last_loss": self.last_loss,
+                "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.seed, self.left = str(state["seed"]), int(state["left"])
         self.reference, self.last_loss = float(state["reference"]), float(state["last_loss"])
+        self.best = float(state.get("best", self.reference))

@@ -23,6 +23,9 @@ PHASES = ("warm_up", "adaptation", "base", "incremental", "stream", "done")
 #: Seeds: germinate, blend_start, blend_end, fossilize, cull, seed_rollback; neurogenesis:
 #: grow; continual backprop / ReDo: replace; later families: prune, apoptosis,
 #: regrow, head_prune, head_clone.
+#: Kinds that end a subject's lifecycle (a seed kept or undone): its net effect is
+#: counted when one of them settles (see engine.training.impact).
+TERMINAL_KINDS = ("fossilize", "cull", "seed_rollback")
 STRUCTURAL_KINDS = ("germinate", "blend_start", "blend_end", "fossilize", "cull", "seed_rollback", "grow", "prune",
                     "replace", "apoptosis", "regrow", "head_prune", "head_clone")
 

@@ -21,10 +21,14 @@ two evaluations share their window.
 A change that brings its own ``quality_before`` (the family evaluated just
 before making it) closes those windows at that figure.
 
-``net`` adds up the change of the quality figure over every settled window
-(windows do not overlap, so this is how much it moved inside structural
-changes' windows), relative to the figure before the first change: it shows
-harm that comes in steps each under the tolerance.
+``net`` adds up the net effects of structural changes, relative to the
+figure before the first change: it shows harm that comes in steps each under
+the tolerance. A change without a subject counts its own window's change. A
+subject's changes (a seed's germination, blend, probation) count together
+when a terminal change of it settles (fossilize, cull, seed rollback): the
+figure after it minus the figure before the subject's first change. A seed
+the guard rolled back therefore adds nothing, however much it hurt while it
+was on probation, and a kept one adds what it really did.
 
 ``streak`` counts harmful windows in a row: a measured window within the
 tolerance (or better) resets it; a change with no evaluation in its window
@@ -39,7 +43,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.telemetry.events import StructuralChange, StructuralImpact
+from engine.telemetry.events import TERMINAL_KINDS, StructuralChange, StructuralImpact
 
 _NAN = math.nan
 
@@ -67,6 +71,7 @@ class ImpactLedger:
     net: float = 0.0  # sum of settled deltas over |first before|
     origin: float = _NAN  # the figure before the first settled change
     window: tuple[int, int, float, float] | None = None  # the last window counted (evaluation, settled, before, after)
+    opened: dict[str, float] = field(default_factory=dict)  # subject -> figure before its first change
     pending: list[_Pending] = field(default_factory=list)
 
     def record(self, change: StructuralChange) -> list[StructuralImpact]:
@@ -76,6 +81,8 @@ class ImpactLedger:
         """
         own = math.isfinite(change.quality_before)
         before = change.quality_before if own else self.quality
+        if change.subject and change.subject not in self.opened:
+            self.opened[change.subject] = before
         closed: list[StructuralImpact] = []
         ends = [p for p in self.pending
                 if p.evaluation < self.evaluations or (change.subject and p.change.subject == change.subject)]
@@ -119,12 +126,15 @@ class ImpactLedger:
         if not math.isfinite(self.origin) and math.isfinite(p.before):
             self.origin = p.before
         window = (p.evaluation, settled, p.before, after)
+        c = p.change
+        first = self.opened.pop(c.subject, p.before) if c.kind in TERMINAL_KINDS else p.before
+        counted = c.kind in TERMINAL_KINDS or not c.subject
+        if counted and math.isfinite(after - first) and math.isfinite(self.origin) and self.origin \
+                and (c.subject or window != self.window):
+            self.net += (after - first) / abs(self.origin)
         if settled > 0 and window != self.window:  # a new measurement
             self.window = window
-            if math.isfinite(delta) and math.isfinite(self.origin) and self.origin:
-                self.net += delta / abs(self.origin)
             self.streak = self.streak + 1 if harmful else 0
-        c = p.change
         return StructuralImpact(c.kind, c.layer, c.epoch, c.step, c.units, c.subject, metric, p.before,
                                 after, delta, relative, harmful, settled, p.accuracy_before,
                                 after_acc, self.streak, self.net)
@@ -134,7 +144,7 @@ class ImpactLedger:
         return {"evaluations": self.evaluations, "quality": self.quality, "accuracy": self.accuracy,
                 "metric": self.metric,
                 "streak": self.streak, "net": self.net, "origin": self.origin,
-                "window": list(self.window) if self.window else None,
+                "window": list(self.window) if self.window else None, "opened": dict(self.opened),
                 "pending": [{"change": {k: getattr(p.change, k) for k in StructuralChange.__dataclass_fields__},
                              "before": p.before, "accuracy_before": p.accuracy_before,
                              "evaluation": p.evaluation, "due": p.due} for p in self.pending]}
@@ -147,5 +157,6 @@ class ImpactLedger:
         self.net, self.origin = float(state.get("net", 0.0)), float(state.get("origin", _NAN))
         w = state.get("window")
         self.window = (int(w[0]), int(w[1]), float(w[2]), float(w[3])) if w else None
+        self.opened = {str(k): float(v) for k, v in (state.get("opened") or {}).items()}
         self.pending = [_Pending(StructuralChange(**p["change"]), float(p["before"]), float(p["accuracy_before"]),
                                  int(p["evaluation"]), int(p["due"])) for p in state["pending"]]

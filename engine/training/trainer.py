@@ -284,13 +284,14 @@ class Trainer:
             elif isinstance(e, StructuralChange):
                 e = dataclasses.replace(e, step=self.step)
                 self._publish(self.impact.record(e))  # impacts of the windows this change closes
-            elif isinstance(e, StructuralImpact) and e.harmful:
-                log.warning("harmful structural change: %s", e.describe())
-                if e.streak == self.impact_streak:
+            elif isinstance(e, StructuralImpact):
+                if e.harmful:
+                    log.warning("harmful structural change: %s", e.describe())
+                if e.harmful and e.streak == self.impact_streak:
                     log.error("structural changes keep hurting the model: %d harmful in a row", e.streak)
                 if 0 < self.impact_net_limit < e.net and not self._net_hurt:
                     self._net_hurt = True
-                    log.error("structural changes keep hurting the model: %+.1f%% net in their windows", 100 * e.net)
+                    log.error("structural changes keep hurting the model: %+.1f%% net", 100 * e.net)
             self.bus.publish(e)
 
     def final_metrics(self) -> dict[str, float]:
