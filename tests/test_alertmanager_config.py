@@ -100,6 +100,8 @@ EXPECTED_INHIBITIONS = {
     # An explosion comes first and stands for the NaN it ends in.
     "LossExploding": {"AccuracyDrop", "LossDiverging", "GradientNormExplosion", "LossNonFinite"},
     "SeedDriftCritical": {"SeedDriftHigh"},
+    # Structural changes that keep hurting explain the accuracy drop they cause.
+    "StructuralChangesHurting": {"AccuracyDrop"},
 }
 _MATCHER_RE = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"(.*)"\s*')
 

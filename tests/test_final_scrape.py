@@ -102,6 +102,8 @@ def test_resume_after_sigkill_makes_no_counter_reset(tmp_path: Path) -> None:
             # Every counter of the run, over the whole history: not one reset.
             counters = [m.name for m in CATALOG if m.kind == "counter" and m.applies_to("seeds")]
             for name in counters:
+                if name.endswith("structural_changes_total"):
+                    continue  # labelled by the changed layer: no series before a change (warm-up only here)
                 resets = query(st.prometheus, f'resets({name}{{run_id="{run_id}"}}[10m])')
                 assert resets and all(float(r["value"][1]) == 0 for r in resets), (name, resets)
             final = float(query(st.prometheus, f"max_over_time({sel}[10m])")[0]["value"][1])

@@ -25,7 +25,7 @@ from engine.telemetry import events as ev
 from engine.sinks.counters import CounterLedger
 from engine.sinks.prometheus_registry import ConsistentRegistry, ScrapeWatch, make_metric
 from engine.sinks.prometheus_structural import StructuralExport
-from engine.telemetry.catalog import BY_NAME, CATALOG, PREFIX, NEURON_QUANTILES
+from engine.telemetry.catalog import BY_NAME, CATALOG, FAMILY_KINDS, PREFIX, NEURON_QUANTILES
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ class PrometheusSink:
         train = e.config.get("train") or {}
         self._c("loss_exploding_patience_evaluations").set(float(train.get("explode_patience", 0)))
         self._c("loss_exploding_evaluations").set(0.0)
-        self.structural.started(e.run_id, int(train.get("impact_streak", 0)), float(train.get("impact_net_limit", 0)))
+        self.structural.started(e.run_id, int(train.get("impact_streak", 0)), float(train.get("impact_net_limit", 0)),
+                                FAMILY_KINDS.get(e.experiment, ()))
         self._c("model_parameters").set(e.parameters)
         self._c("training_progress_ratio").set(e.start_epoch / max(e.total_epochs, 1))
         self._c("last_step_timestamp_seconds").set(time.time())

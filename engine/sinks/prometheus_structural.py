@@ -26,10 +26,12 @@ class StructuralExport:
         self._c, self._counters, self._info = child, counters, info_metric
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def started(self, run_id: str, streak_limit: int, net_limit: float) -> None:
-        """Expose the streak and net gauges from the start (0 until a change settles)."""
+    def started(self, run_id: str, streak_limit: int, net_limit: float, kinds: tuple[str, ...]) -> None:
+        """Expose the gauges and the family's harm counters (``kinds``) from the start, at 0."""
         self._run_id = run_id
         self._info_labels.clear()
+        for kind in kinds:
+            self._counters.advance(("structural_harmful_total", kind), 0)
         self._c("structural_harmful_streak").set(0.0)
         self._c("structural_harmful_streak_limit").set(float(streak_limit))
         self._c("structural_net_change_ratio").set(0.0)
