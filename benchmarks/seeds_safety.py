@@ -78,10 +78,10 @@ def run(args: list[str], out: Path) -> dict[str, float]:
         raise SystemExit(f"run failed ({' '.join(args)}): {proc.stderr.read().decode()[-800:] if proc.stderr else ''}")
     run_dir = next(out.glob("runs/*"))
     m = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    to = [json.loads(line).get("to_state") for line in (run_dir / "events.jsonl").read_text().splitlines()
-          if json.loads(line).get("event") == "SeedTransition"]
-    reasons = [json.loads(line).get("reason", "") for line in (run_dir / "events.jsonl").read_text().splitlines()
-               if json.loads(line).get("event") == "SeedTransition" and json.loads(line).get("to_state") == "failed"]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    moves = [e for e in events if e.get("event") == "SeedTransition"]
+    to = [e.get("to_state") for e in moves]
+    reasons = [e.get("reason", "") for e in moves if e.get("to_state") == "failed"]
     rolled = sum("rolled back" in r for r in reasons)
     return {"final": m["val_accuracy"], "best": m["best_val_accuracy"], "germ": m["germinations"],
             "fossil": float(to.count("fossilized")), "rolled": float(rolled), "culled": float(len(reasons) - rolled),

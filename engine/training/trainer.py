@@ -6,7 +6,10 @@ given. Each step is split in two calls to the experiment: ``compute_loss``
 The loss is checked in between, so no family ever steps on a non-finite
 loss and every family stops the same way: status ``diverged``, or with
 ``on_diverge: rollback`` a return to the last good checkpoint at a lower
-learning rate. Fault drills are injected here too, for every family.
+learning rate. Fault drills are injected here too, for every family, and
+every structural change an experiment returns is accounted here: the
+family's quality figure before it and after its settle window
+(:mod:`engine.training.impact`), published as a ``StructuralImpact``.
 :meth:`Trainer.request_stop` (from a signal handler) ends the run with
 status ``interrupted`` after the current step.
 """
