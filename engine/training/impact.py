@@ -108,9 +108,9 @@ class ImpactLedger:
         return [self._resolve(p, metric, self.evaluations - p.evaluation) for p in due]
 
     def flush(self, metric: str) -> list[StructuralImpact]:
-        """The run ends: resolve what is pending against the latest evaluation (a shorter window)."""
-        out = [self._resolve(p, metric, self.evaluations - p.evaluation)
-               for p in self.pending if self.evaluations > p.evaluation]
+        """The run ends: resolve what is pending against the latest evaluation (a shorter window;
+        a change made after the last evaluation settles with ``settled == 0``: no measured effect)."""
+        out = [self._resolve(p, metric, self.evaluations - p.evaluation) for p in self.pending]
         self.pending = []
         return out
 
