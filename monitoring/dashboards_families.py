@@ -40,7 +40,8 @@ from monitoring.dashboards import (
     sel,
 )
 
-REPLAY_UID, LOP_UID = tuple(FAMILY_DASHBOARDS)
+REPLAY_UID, LOP_UID = (next(u for u, f in FAMILY_DASHBOARDS.items() if f == family)
+                       for family in ("neurogenesis", "plasticity"))
 LEGEND_LAYER = "{{run_id}} {{layer}}"
 LEGEND_CLASS = "{{run_id}} class {{class}}"
 #: Grafana field override: draw the series of one query dashed (limits, baselines, thresholds).

@@ -102,6 +102,9 @@ EXPECTED_INHIBITIONS = {
     "SeedDriftCritical": {"SeedDriftHigh"},
     # Structural changes that keep hurting explain the accuracy drop they cause.
     "StructuralChangesHurting": {"AccuracyDrop"},
+    # A perplexity jump right after a change is the page for the harm that
+    # StructuralChangesHurting measures later (never the other way round).
+    "PerplexityJumpAfterChange": {"AccuracyDrop", "StructuralChangesHurting"},
 }
 _MATCHER_RE = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"(.*)"\s*')
 
@@ -401,3 +404,36 @@ def test_dashboard_link_matches_committed_dashboard() -> None:
     assert uid in dashboards, f"no committed dashboard with uid {uid}"
     names = {v["name"] for v in dashboards[uid]["templating"]["list"]}
     assert variables <= names, f"dashboard {uid} has no variable(s) {variables - names}"
+
+
+def test_real_alertmanager_perplexity_jump_inhibition(tmp_path: Path) -> None:
+    """A perplexity jump after a structural change mutes the same run's
+    StructuralChangesHurting (one page per incident), never the reverse, and
+    no other run's."""
+    jump, hurting = "PerplexityJumpAfterChange", "StructuralChangesHurting"
+    with _alertmanager(tmp_path) as am:
+        # The jump first, as in a real run (it is measured at the first evaluation
+        # after the change, the harm only after the settle window).
+        am.post([_alert(jump, "a1", "apo"), _alert(jump, "a3", None)])
+        for run_id, sweep in (("a1", "apo"), ("a3", None)):
+            title = f"[FIRING:1] {jump} · run {run_id}" + (f" · sweep {sweep}" if sweep else "")
+            am.slack.wait_for(lambda p, t=title: p["attachments"][0]["title"] == t, 20)
+        am.post([_alert(hurting, "a1", "apo"), _alert(hurting, "a2", "apo"), _alert(hurting, "a3", None)])
+
+        def states() -> dict[tuple[str, str], dict[str, Any]]:
+            return {(a["labels"]["alertname"], a["labels"]["run_id"]): a for a in am.alerts()}
+
+        want = {(hurting, "a1"): "suppressed", (hurting, "a3"): "suppressed", (hurting, "a2"): "active",
+                (jump, "a1"): "active", (jump, "a3"): "active"}
+        deadline, got = time.monotonic() + 15, states()
+        while time.monotonic() < deadline and any(got.get(k, {}).get("status", {}).get("state") != v
+                                                   for k, v in want.items()):
+            time.sleep(0.2)
+            got = states()
+        assert {k: got[k]["status"]["state"] for k in want} == want
+        assert got[(hurting, "a1")]["status"]["inhibitedBy"] == [got[(jump, "a1")]["fingerprint"]]
+        am.slack.wait_for(lambda p: p["attachments"][0]["title"] == f"[FIRING:1] {hurting} · run a2 · sweep apo", 20)
+        time.sleep(2)  # two more group intervals: a muted group would have flushed by now
+        titles = [p["attachments"][0]["title"] for p in am.slack.posts]
+        assert not [t for t in titles if t.startswith(f"[FIRING:1] {hurting}") and ("run a1" in t or "run a3" in t)]
+        assert sum(t.startswith(f"[FIRING:1] {jump}") for t in titles) == 2  # each run paged once

@@ -54,6 +54,17 @@ def test_series_budget_counts_only_the_family_metrics() -> None:
     assert seeds != ndl
 
 
+def test_series_budget_counts_quantile_metrics_per_layer_and_quantile() -> None:
+    from engine.telemetry.catalog import NEURON_QUANTILES
+
+    # apoptosis: activation, unit utility and unit age quantiles, each layers x quantiles.
+    quantiled = [m for m in CATALOG if "quantile" in m.labels and m.applies_to("apoptosis")]
+    assert len(quantiled) == 3
+    per_layer = series_budget(0, 5, 3, 4, "apoptosis") - series_budget(0, 4, 3, 4, "apoptosis")
+    # + 6 plain per-layer series, top-3 activations, 3 kinds x 3 per-kind-and-layer structural series
+    assert per_layer == len(quantiled) * len(NEURON_QUANTILES) + 6 + 3 + 3 * 3
+
+
 def test_every_family_metric_names_a_registered_family() -> None:
     from engine.registry import experiment_names
 

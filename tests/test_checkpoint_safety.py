@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
+from _char import TINY_APOPTOSIS
 from _e2e import Proc, read_json, run, run_dir_in, start, stop
 
 from engine.errors import ConfigError
@@ -37,6 +38,7 @@ FAMILIES: dict[str, list[str]] = {
                      "--units_per_step", "2", "--growth_cap", "4", "--eval_every", "7"],
     "plasticity_cbp": PLASTICITY + ["--mechanism", "cbp", "--momentum", "0.9"],
     "plasticity_redo": PLASTICITY + ["--mechanism", "redo", "--redo_tau", "0.5"],
+    "apoptosis": [*TINY_APOPTOSIS, "--max_iters", "30"],
 }
 
 

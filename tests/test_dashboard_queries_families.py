@@ -1,15 +1,19 @@
 """Every panel query of the family dashboards returns data from a real Prometheus
 that scraped a real short run of that family.
 
-One Prometheus (the shipped config and rules, 1 s scrape and evaluation, two
-static ``engine`` targets) scrapes a tiny ``neurogenesis`` run (8x8 digits,
-base classes 1 and 7, one new class, growth and replay on) and a tiny
-``plasticity`` run (6 permuted-digit tasks, continual backprop) running side
-by side. Each dashboard's queries are executed the way Grafana sends them
+One Prometheus (the shipped config and rules, 1 s scrape and evaluation, one
+static ``engine`` target per family) scrapes a tiny ``neurogenesis`` run (8x8
+digits, base classes 1 and 7, one new class, growth and replay on), a tiny
+``plasticity`` run (6 permuted-digit tasks, continual backprop) and a tiny
+``apoptosis`` run (a 2-block char transformer on 20,000 characters of the
+committed Shakespeare slice, then a short domain shift to verse; units die
+and regrow every 10 steps; nothing is downloaded)
+running side by side. Each dashboard's queries are executed the way Grafana sends them
 (:func:`monitoring.dashboards.substitute` with the run's ``run_id``, job
 ``engine``, ``$__rate_interval`` = 4 s) as range queries over the run's
-lifetime, and each must return at least one finite value. Template variables
-must list the run and its layers.
+lifetime, and each must return at least one finite value (queries on
+``ALERTS`` only need to be valid: nothing fires for a healthy run). Template
+variables must list the run and its layers.
 
 A run's range ends only once Prometheus holds what the panels need
 (:func:`_promdata.wait_until_settled`): the counters a run creates in its last
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _char import SLICE
 from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
 from _promdata import STEP, wait_until_settled, widest_range
 from binaries import duration_seconds, require_binary
@@ -46,14 +51,28 @@ from monitoring.dashboards import (
 )
 
 RATE_INTERVAL = "4s"  # Grafana: 4 x the 1 s scrape interval
-COMMON = [*QUIET, "--threads", "1", "--dataset", "digits8", "--metrics_hold", "60"]
+COMMON = [*QUIET, "--threads", "1", "--metrics_hold", "60"]
 #: Small, fast settings of each family (a few seconds of training each).
 RUNS: dict[str, list[str]] = {
-    "neurogenesis": ["--experiment", "neurogenesis", "--base_epochs", "3", "--class_order", "0",
-                     "--plasticity_epochs", "2", "--stability_epochs", "2", "--eval_every", "5"],
-    "plasticity": ["--experiment", "plasticity", "--n_tasks", "6", "--hidden_units", "16", "--hidden_layers", "2",
-                   "--diagnostics_every", "20", "--probe_size", "200", "--mechanism", "cbp"],
+    "neurogenesis": ["--experiment", "neurogenesis", "--dataset", "digits8", "--base_epochs", "3",
+                     "--class_order", "0", "--plasticity_epochs", "2", "--stability_epochs", "2", "--eval_every", "5"],
+    "plasticity": ["--experiment", "plasticity", "--dataset", "digits8", "--n_tasks", "6", "--hidden_units", "16",
+                   "--hidden_layers", "2", "--diagnostics_every", "20", "--probe_size", "200", "--mechanism", "cbp"],
+    # Deaths every 10 steps from step 20 on, for a few seconds of training: the
+    # deaths-per-step panel (a ratio of rates) needs both counters to grow
+    # inside one rate window while Prometheus scrapes.
+    "apoptosis": ["--experiment", "apoptosis", "--text_file", SLICE, "--max_chars", "20000", "--n_layer", "2",
+                  "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--max_iters", "300", "--shift_iters", "40",
+                  "--eval_every", "20", "--eval_iters", "2", "--apoptosis_strategy", "standard",
+                  "--prune_interval", "10", "--apoptosis_start", "20", "--maturity_steps", "10",
+                  "--sample_chars", "40", "--sample_every", "20"],
 }
+#: Corpus B of the apoptosis run's domain shift (written next to the run).
+POEMS = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 120
+#: A metric name part only each family's dashboard charts (checked empty for another family's run).
+OWN = {"neurogenesis": "ndl_", "plasticity": "layer_effective_rank", "apoptosis": "apoptosis_"}
+#: Layer label prefix of each family.
+LAYERS = {"neurogenesis": "encoder.", "plasticity": "layers.", "apoptosis": "blocks."}
 
 
 @dataclass
@@ -77,7 +96,7 @@ def _run_id(output_dir: Path, proc: Proc) -> str:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ScrapedRun]]:
-    """Both family runs, started together and scraped every second until their final state settled."""
+    """The family runs, started together and scraped every second until their final state settled."""
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("family_dashboards")
@@ -93,11 +112,13 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
             group_interval=FAST["group_interval"], resend_delay=FAST["resend_delay"])}
         prom = services["prometheus"].url
         # Wait for the targets' first (failed) scrapes so each run is scraped from its start.
-        wait_for("both engine targets scraped", lambda: len(query(prom, 'up{job="engine"}')) == 2,
+        wait_for("every engine target scraped", lambda: len(query(prom, 'up{job="engine"}')) == len(RUNS),
                  timeout=20, interval=0.2)
         begin = time.time()
+        (tmp / "poems.txt").write_text(POEMS)
+        files = {"apoptosis": ["--shift_file", str(tmp / "poems.txt")]}
         for family, args in RUNS.items():
-            procs[family] = start([*args, *COMMON, "--output_dir", str(tmp / family),
+            procs[family] = start([*args, *files.get(family, []), *COMMON, "--output_dir", str(tmp / family),
                                    "--metrics_port", str(ports[family])], tmp / f"logs_{family}")
         run_ids: dict[str, str] = {}
         for family, proc in procs.items():
@@ -107,7 +128,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
                      interval=0.2, proc=proc)
         # The endpoints hold the final states: wait until each run's series have two
         # samples inside the widest panel window, at a step the range queries hit
-        # (after both finished, so the two waits overlap).
+        # (after all finished, so the waits overlap).
         runs = {family: ScrapedRun(prom, run_id, begin, wait_until_settled(
                     prom, f'{{job="engine", run_id="{run_id}"}}', begin, WINDOW, proc=procs[family]))
                 for family, run_id in run_ids.items()}
@@ -147,21 +168,22 @@ def test_family_dashboards_have_queries() -> None:
 
 
 def test_every_family_panel_query_returns_data(scraped: dict[str, ScrapedRun]) -> None:
-    """All panel queries in one test: one shared pair of runs, and one report of every empty panel."""
+    """All panel queries in one test: one shared set of runs, and one report of every empty panel."""
     empty = []
     for family, uid, title, expr in QUERIES:
         run = scraped[family]
         promql = substitute(expr, {"run": run.run_id, "job": "engine", "__rate_interval": RATE_INTERVAL})
         doc = query_range(run.prometheus, promql, run.start, run.end)
         assert doc["status"] == "success", (uid, title, doc)
-        if finite_points(doc["data"]["result"]) == 0:
+        if "ALERTS" not in expr and finite_points(doc["data"]["result"]) == 0:
             empty.append(f"{uid} / {title}: {promql}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
-    # The check can fail: the same queries for the other family's run are empty
+    # The check can fail: the same queries for another family's run are empty
     # (each dashboard charts its own family's metrics).
-    other = {"neurogenesis": "plasticity", "plasticity": "neurogenesis"}
+    families = list(RUNS)
+    other = {f: families[(i + 1) % len(families)] for i, f in enumerate(families)}
     for family, uid, title, expr in QUERIES:
-        if "ndl_" in expr or "layer_effective_rank" in expr:
+        if OWN[family] in expr:
             run = scraped[other[family]]
             promql = substitute(expr, {"run": run.run_id, "job": "engine", "__rate_interval": RATE_INTERVAL})
             assert finite_points(query_range(run.prometheus, promql, run.start, run.end)["data"]["result"]) == 0, \
@@ -169,7 +191,6 @@ def test_every_family_panel_query_returns_data(scraped: dict[str, ScrapedRun]) -
 
 
 def test_template_variables_list_the_run_and_its_layers(scraped: dict[str, ScrapedRun]) -> None:
-    layers = {"neurogenesis": "encoder.", "plasticity": "layers."}
     for uid, family in FAMILY_DASHBOARDS.items():
         run = scraped[family]
         values: dict[str, list[str]] = {}
@@ -181,4 +202,4 @@ def test_template_variables_list_the_run_and_its_layers(scraped: dict[str, Scrap
             assert doc["status"] == "success", doc
             values[name] = doc["data"]
         assert values["job"] == ["engine"] and run.run_id in values["run"], (uid, values)
-        assert values["layer"] and all(v.startswith(layers[family]) for v in values["layer"]), (uid, values)
+        assert values["layer"] and all(v.startswith(LAYERS[family]) for v in values["layer"]), (uid, values)

@@ -274,8 +274,9 @@ def test_sdk_is_the_pinned_grafana_build() -> None:
 def test_fixed_uids(dashboards: dict[str, Dash]) -> None:
     assert {stem: dash["uid"] for stem, dash in dashboards.items()} == {uid: uid for uid in d.UIDS}
     assert set(d.UIDS) == {"plasticity-overview", "plasticity-seeds", "plasticity-system",
-                           "plasticity-replay", "plasticity-lop"}
-    assert dict(d.FAMILY_DASHBOARDS) == {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity"}
+                           "plasticity-replay", "plasticity-lop", "plasticity-apoptosis"}
+    assert dict(d.FAMILY_DASHBOARDS) == {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity",
+                                         "plasticity-apoptosis": "apoptosis"}
 
 
 # -- lint rules ------------------------------------------------------------------
@@ -334,8 +335,8 @@ def _threshold_steps(dash: Dash, title: str) -> list[Any]:
 def test_required_family_panels(dashboards: dict[str, Dash]) -> None:
     """Issue 4 (replay) and issue 5 (loss of plasticity): the panels they ask for,
     each family's metrics only, and alert thresholds drawn as the rules have them."""
-    replay, lop = dashboards["plasticity-replay"], dashboards["plasticity-lop"]
-    for dash, family in ((replay, "neurogenesis"), (lop, "plasticity")):
+    replay, lop, apo = dashboards["plasticity-replay"], dashboards["plasticity-lop"], dashboards["plasticity-apoptosis"]
+    for dash, family in ((replay, "neurogenesis"), (lop, "plasticity"), (apo, "apoptosis")):
         names = {catalog_name(n) for _, e in all_exprs(dash) for n in METRIC.findall(e)}
         own = {m.name for m in CATALOG if m.families == (family,)}
         other = {m.name for m in CATALOG if m.families and family not in m.families}
@@ -359,6 +360,30 @@ def test_required_family_panels(dashboards: dict[str, Dash]) -> None:
     assert _threshold_steps(lop, "Effective rank / width") == [None, 0.1]
     assert _threshold_steps(lop, "Dead fraction") == [None, 0.25]
     assert _threshold_steps(lop, "Dormant fraction") == [None, 0.5]
+
+
+def test_required_apoptosis_panels(dashboards: dict[str, Dash]) -> None:
+    """The apoptosis family's panels, its alerts' signals next to their limits, and the structural annotation."""
+    apo = dashboards["plasticity-apoptosis"]
+    ax = "\n".join(e for _, e in all_exprs(apo))
+    for m in ("train_loss", "val_loss", "val_perplexity", "tokens_per_second", "layer_units",
+              "apoptosis_fading_units", "apoptosis_unit_utility_quantile", "apoptosis_unit_age_steps",
+              "apoptosis_max_generation", "perplexity_jump_ratio", "perplexity_jump_limit_ratio",
+              "apoptosis_death_storm_limit"):
+        assert f"plasticity_{m}{{" in ax, m
+    for m in ("apoptosis_units_born_total", "apoptosis_units_died_total", "steps_total"):
+        assert f"rate(plasticity_{m}{{" in ax, m
+    titles = {p["title"]: p for p in panels(apo)}
+    # What ApoptosisDeathStorm compares: deaths summed over layers per step, against the limit.
+    storm = [t["expr"] for t in titles["Deaths per step vs storm limit"]["targets"]]
+    assert storm[0].startswith("sum by (run_id, sweep, trial) (rate(plasticity_apoptosis_units_died_total{")
+    assert "plasticity_apoptosis_death_storm_limit{" in storm[1]
+    assert 'ALERTS{alertstate="firing"' in titles["Firing alerts"]["targets"][0]["expr"]
+    assert titles["Firing alerts"]["type"] == "table"
+    names = [n for _, n, _e in d.annotation_queries(apo)]
+    assert names == ["Structural changes"]
+    note = next(a for a in apo["annotations"]["list"] if a.get("name") == "Structural changes")
+    assert "{{quality_before}} -> {{quality_after}}" in note["textFormat"]
 
 
 def test_family_thresholds_follow_the_rules(tmp_path: Path) -> None:

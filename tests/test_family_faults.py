@@ -10,10 +10,12 @@ finishes; a learning rate blown up by the drill is counted as exploding.
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _char import TINY_APOPTOSIS
 from _e2e import read_json, read_jsonl, run, run_dir_in
 
 COMMON = ["--metrics_port", "0", "--no_tensorboard", "--console", "off", "--threads", "1", "--seed", "3"]
@@ -25,6 +27,7 @@ FAMILIES = {
     "plasticity": ["--experiment", "plasticity", "--per_class", "20", "--n_tasks", "4", "--hidden_units", "16",
                    "--probe_size", "150", "--diagnostics_every", "10", "--mechanism", "cbp",
                    "--maturity_threshold", "10", "--replacement_rate", "0.01"],
+    "apoptosis": [*TINY_APOPTOSIS, "--max_iters", "60"],
 }
 MID = 30  # a step after the first epoch of every tiny configuration above
 
@@ -99,10 +102,13 @@ def test_nan_with_rollback_recovers_in_every_family(results: dict, family: str) 
     # Re-run epochs replace their rows: one row per epoch, in order, to the end of the schedule.
     epochs = [r["epoch"] for r in _history(run_dir)]
     assert epochs == list(range(len(epochs))) and len(epochs) == doc["metrics"]["epochs"]
-    # The learning rate after the rollback is half the configured one.
+    # The learning rate after the rollback is half the configured one (apoptosis: half its schedule's
+    # rate at the last step: lr 3e-3, 10 warm-up steps, cosine to 10% at step 60).
     lr0 = _history(run_dir)[0]["learning_rate"] if rb["to_epoch"] > 0 else None
     last_lr = _history(run_dir)[-1]["learning_rate"]
-    if lr0 is not None:
+    if family == "apoptosis":
+        assert last_lr == pytest.approx(0.5 * (3e-4 + 0.5 * (1 + math.cos(math.pi * 49 / 50)) * 2.7e-3))
+    elif lr0 is not None:
         assert last_lr == pytest.approx(lr0 * 0.5)
 
 

@@ -135,6 +135,10 @@ def test_every_recording_rule_has_an_expr_test() -> None:
         assert rule["record"] in tested, f"recording rule {rule['record']} has no promql_expr_test"
 
 
+#: The baseline alerts' exemption after entering a domain shift (apoptosis family).
+_SHIFT_GUARD = ('          unless on (job, instance, run_id) '
+                '(changes(plasticity_training_phase{phase="shift"}[35m]) > 0)\n')
+
 # Naive versions of rules, which the unit tests must reject:
 # name -> (alert whose test cases run, rule file, text, replacement).
 MUTATIONS = {
@@ -245,17 +249,26 @@ MUTATIONS = {
         "LossDiverging", "alerts.yml",
         ('          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
          '          unless on (job, instance, run_id) plasticity_training_phase{phase="incremental"} == 1\n'
+         f'{_SHIFT_GUARD}'
          '        for: 2m\n'
          '        labels:\n'
          '          severity: critical\n'
          '        annotations:\n'
          '          summary: "Run {{ $labels.run_id }}: training loss is diverging"'),
         ('          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         f'{_SHIFT_GUARD}'
          '        for: 2m\n'
          '        labels:\n'
          '          severity: critical\n'
          '        annotations:\n'
          '          summary: "Run {{ $labels.run_id }}: training loss is diverging"'),
+    ),
+    # ... nor is the loss of a new domain (the apoptosis family's `shift` phase)
+    # while the baseline still holds the old one.
+    "LossDiverging across a domain shift": (
+        "LossDiverging", "alerts.yml",
+        f"{_SHIFT_GUARD}        for: 2m\n        labels:\n          severity: critical\n",
+        "        for: 2m\n        labels:\n          severity: critical\n",
     ),
     # ... and a task stream's best task is no reference for the current one.
     "AccuracyDrop for task streams": (
@@ -277,6 +290,33 @@ MUTATIONS = {
         ('ratio_baseline > 2\n'
          '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
          '        for: 0m'),
+    ),
+    # Apoptosis: one storm of bursts is one alert, not one per burst (each
+    # lull would resolve it and the next burst page again) ...
+    "ApoptosisDeathStorm without keep_firing_for": (
+        "ApoptosisDeathStorm", "alerts.yml", "        keep_firing_for: 10m\n", "",
+    ),
+    # ... deaths are summed over layers (each layer alone may stay under the limit) ...
+    "ApoptosisDeathStorm per layer": (
+        "ApoptosisDeathStorm", "alerts.yml",
+        "sum by (job, instance, run_id, sweep, run, trial) (rate(plasticity_apoptosis_units_died_total[1m]))",
+        "max by (job, instance, run_id, sweep, run, trial) (rate(plasticity_apoptosis_units_died_total[1m]))",
+    ),
+    # ... and a limit of 0 switches the check off instead of firing on every death.
+    "ApoptosisDeathStorm without the limit > 0 guard": (
+        "ApoptosisDeathStorm", "alerts.yml",
+        "(plasticity_apoptosis_death_storm_limit > 0)", "(plasticity_apoptosis_death_storm_limit)",
+    ),
+    # A jump counted before the first scrape, and one seen by the run's last scrape only.
+    "PerplexityJumpAfterChange via increase()": (
+        "PerplexityJumpAfterChange", "alerts.yml",
+        "max_over_time(plasticity_perplexity_jumps_total[10m]) > 0",
+        "increase(plasticity_perplexity_jumps_total[10m]) > 0",
+    ),
+    "PerplexityJumpAfterChange on the last value": (
+        "PerplexityJumpAfterChange", "alerts.yml",
+        "max_over_time(plasticity_perplexity_jumps_total[10m]) > 0",
+        "plasticity_perplexity_jumps_total > 0",
     ),
     # Loss of plasticity: against an hour ago instead of the run's best, a
     # slow job (hours per task) losing 2-3 points per task never fires.

@@ -1,5 +1,7 @@
 """MLflow sink: params at start, one batched metric write per epoch, artifacts at end.
 
+Generated text samples are logged as artifacts (``samples/<step>_<tag>.txt``) as they come.
+
 It talks through an explicit :class:`mlflow.MlflowClient`, never the fluent
 ``mlflow.start_run`` global state, so several runs in one process (sweeps,
 tests) cannot end up logging into each other's run.
@@ -29,6 +31,7 @@ ARTIFACTS = ("config.yaml", "metrics.json", "*.log", "artifacts/*")
 #: Engine terminal status -> MLflow RunStatus name.
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "interrupted": "KILLED"}
 _BAD_KEY = re.compile(r"[^\w\-. :/]")  # MLflow rejects any other character in names
+_BAD_FILE = re.compile(r"[^\w\-.]")  # a text sample's tag as one file-name component
 
 
 def _key(name: str) -> str:
@@ -82,7 +85,8 @@ class MlflowSink:
     def handlers(self) -> dict[type, Any]:
         """Event type -> handler (each marks the sink broken if it raises)."""
         table = {ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
-                 ev.MetricSamples: self._on_samples, ev.RunEnded: self._on_run_ended}
+                 ev.MetricSamples: self._on_samples, ev.TextSample: self._on_text_sample,
+                 ev.RunEnded: self._on_run_ended}
         return {etype: self._guard(fn) for etype, fn in table.items()}
 
     def _guard(self, fn: Any) -> Any:
@@ -153,6 +157,13 @@ class MlflowSink:
         # Buffered until the epoch ends: one request per epoch, not per measurement.
         for s in e.samples:
             self._samples["/".join((s.metric, *s.labels))] = s.value
+
+    def _on_text_sample(self, e: ev.TextSample) -> None:
+        # One artifact per sample (few per run: phase ends, structural events);
+        # the tag's slashes become underscores so every sample sits in samples/.
+        if self.run_id is None:
+            return
+        self.client.log_text(self.run_id, e.text, f"samples/{e.step}_{_BAD_FILE.sub('_', e.tag)}.txt")
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         if self.run_id is None:

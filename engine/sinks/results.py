@@ -5,8 +5,11 @@
 numbers; ``history.jsonl`` gets one line per epoch, ``events.jsonl`` one line
 per lifecycle event, ``neurons.jsonl`` the full per-neuron signals of every
 layer each epoch (Prometheus only gets bounded per-layer summaries of them),
-and ``samples.jsonl`` every family measurement (per-layer rank, per-class
-error, ...) with the step it was taken at.
+``samples.jsonl`` every family measurement (per-layer rank, per-class
+error, ...) with the step it was taken at, and ``text_samples.jsonl`` every
+text the model generated (its own file: readers of ``samples.jsonl`` expect
+one metric per row). JSONL files are flushed after each event, so a killed
+run keeps every row written before it died.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class ResultsSink:
         self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
         self._neurons = open(self.run_dir / "neurons.jsonl", "a", encoding="utf-8")
         self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
+        self._texts = open(self.run_dir / "text_samples.jsonl", "a", encoding="utf-8")
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         """Event type -> handler."""
@@ -54,7 +58,8 @@ class ResultsSink:
                 ev.SeedTransition: self._event, ev.NonFiniteLoss: self._event,
                 ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured,
                 ev.Rollback: self._rolled_back, ev.LossExplosion: self._event,
-                ev.StructuralChange: self._event, ev.StructuralImpact: self._event}
+                ev.StructuralChange: self._event, ev.StructuralImpact: self._event,
+                ev.TextSample: self._text}
 
     def _write(self, final: bool = False) -> None:
         # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.
@@ -78,7 +83,8 @@ class ResultsSink:
         RunEnded "interrupted") are history and stay.
         """
         for attr, name in (("_history", "history.jsonl"), ("_events", "events.jsonl"),
-                           ("_neurons", "neurons.jsonl"), ("_samples", "samples.jsonl")):
+                           ("_neurons", "neurons.jsonl"), ("_samples", "samples.jsonl"),
+                           ("_texts", "text_samples.jsonl")):
             getattr(self, attr).close()
             path = self.run_dir / name
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -110,6 +116,10 @@ class ResultsSink:
         self._samples.write("".join(r + "\n" for r in rows))
         self._samples.flush()
 
+    def _text(self, e: ev.TextSample) -> None:
+        self._texts.write(json.dumps({"epoch": e.epoch, "step": e.step, "tag": e.tag, "text": e.text}) + "\n")
+        self._texts.flush()
+
     def _event(self, e: Any) -> None:
         self._events.write(json.dumps(_clean({"event": type(e).__name__, **asdict(e)})) + "\n")
         self._events.flush()
@@ -121,5 +131,5 @@ class ResultsSink:
 
     def close(self) -> None:
         """Close the JSONL files."""
-        for fh in (self._history, self._events, self._neurons, self._samples):
+        for fh in (self._history, self._events, self._neurons, self._samples, self._texts):
             fh.close()

@@ -51,11 +51,12 @@ R = ("run_id",)
 S = ("run_id", "seed", "layer")
 L = ("run_id", "layer")
 C = ("run_id", "class")
-SEEDS, NDL, LOP = "seeds", "neurogenesis", "plasticity"
+Q = ("run_id", "layer", "quantile")
+SEEDS, NDL, LOP, APO = "seeds", "neurogenesis", "plasticity", "apoptosis"
 #: Structural-change kinds each family makes (bounds the ``kind`` label's values).
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     SEEDS: ("germinate", "blend_start", "blend_end", "fossilize", "cull", "seed_rollback"),
-    NDL: ("grow",), LOP: ("replace",)}
+    NDL: ("grow",), LOP: ("replace",), APO: ("apoptosis", "regrow", "grow")}
 
 CATALOG: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
@@ -93,7 +94,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("seed_transitions_total", "counter", "", ("run_id", "to_state"), "Seed lifecycle transitions by target state.", families=(SEEDS,)),
     _m("layer_units", "gauge", "", L, "Number of units in the layer."),
     _m("layer_dead_units", "gauge", "", L, "Units of the layer with zero activation on every validation sample."),
-    _m("neuron_activation_quantile", "gauge", "", L + ("quantile",), "Quantiles over the layer's units of mean |activation| on validation data."),
+    _m("neuron_activation_quantile", "gauge", "", Q, "Quantiles over the layer's units of mean |activation| on validation data."),
     _m("neuron_activation_topk", "gauge", "", L + ("rank",), "Largest per-unit mean |activation| values of the layer by rank slot."),
     _m("sink_errors_total", "counter", "", ("run_id", "sink"), "Telemetry sink failures (the sink is then disabled)."),
     # -- structural-change accounting: every family --------------------------------
@@ -134,6 +135,21 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("layer_grad_norm", "gauge", "", L, "L2 norm of the layer's weight gradient, averaged since the last diagnostics.", families=(LOP,)),
     _m("units_replaced_total", "counter", "", L, "Units re-initialised by continual backprop or ReDo.", families=(LOP,)),
     _m("diagnostics_seconds_total", "counter", "seconds", R, "Wall time spent computing probe diagnostics.", families=(LOP,)),
+    # -- language models (char-level transformers): generic to every LM family --
+    _m("val_perplexity", "gauge", "", R, "Validation perplexity (exp of the validation loss) after the last evaluation.", families=(APO,)),
+    _m("tokens_per_second", "gauge", "", R, "Training tokens per second over the last evaluation interval.", families=(APO,)),
+    _m("text_samples_total", "counter", "", R, "Text samples generated from the model (at phase ends and after structural events).", families=(APO,)),
+    # -- apoptosis: FFN units and attention value channels die, regrow and grow --
+    _m("apoptosis_units_born_total", "counter", "", L, "Units born in the layer (regrowth or growth).", families=(APO,)),
+    _m("apoptosis_units_died_total", "counter", "", L, "Units removed from the layer by apoptosis.", families=(APO,)),
+    _m("apoptosis_fading_units", "gauge", "", L, "Units of the layer whose output is being ramped to zero before removal.", families=(APO,)),
+    _m("apoptosis_unit_utility_quantile", "gauge", "", Q, "Quantiles over the layer's alive units of their bias-corrected running utility.", families=(APO,)),
+    _m("apoptosis_unit_age_steps", "gauge", "", Q, "Quantiles over the layer's alive units of their age in training steps.", families=(APO,)),
+    _m("apoptosis_max_generation", "gauge", "", L, "Deepest lineage generation alive in the layer (0 = only original units).", families=(APO,)),
+    _m("apoptosis_death_storm_limit", "gauge", "", R, "Deaths per training step (summed over layers, averaged over one minute) above which ApoptosisDeathStorm fires (0 = off).", families=(APO,)),
+    _m("perplexity_jump_ratio", "gauge", "ratio", R, "Validation perplexity at the first evaluation after the latest structural event over the perplexity at the evaluation just before it.", families=(APO,)),
+    _m("perplexity_jump_limit_ratio", "gauge", "ratio", R, "Perplexity ratio above which a structural event counts as a perplexity jump (0 = off).", families=(APO,)),
+    _m("perplexity_jumps_total", "counter", "", R, "Structural events after which the validation perplexity ratio exceeded its limit.", families=(APO,)),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}
@@ -162,7 +178,9 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
                   experiment: str = "seeds", n_classes: int = 0, n_phases: int = 2) -> int:
     """Upper bound on series one run of ``experiment`` exports (documented in the README).
 
-    ``n_phases`` is the family's number of training phases (``done`` is added).
+    ``n_layers`` counts values of the ``layer`` label (apoptosis: two per block,
+    ``blocks.i.mlp`` and ``blocks.i.attn``); ``n_phases`` is the family's number
+    of training phases (``done`` is added).
     """
     from engine.telemetry.events import RUN_STATUSES, SEED_STATES, STRUCTURAL_KINDS
 
@@ -180,7 +198,7 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
             total += n_seeds * len(SEED_STATES)
         elif m.labels[1:2] == ("seed",):
             total += n_seeds
-        elif m.name.endswith("neuron_activation_quantile"):
+        elif "quantile" in m.labels:  # per-layer quantiles (activations, unit utility, unit age)
             total += n_layers * len(NEURON_QUANTILES)
         elif m.name.endswith("neuron_activation_topk"):
             total += n_layers * topk
