@@ -1,6 +1,6 @@
 """End-to-end fault suite: every failure of every family pages once, healthy runs page nobody.
 
-Real engine runs of each family (``seeds``, ``neurogenesis``, ``plasticity``)
+Real engine runs of each family (``seeds``, ``neurogenesis``, ``plasticity``, ``apoptosis``)
 fail in every way the engine and its rules cover, and the real Prometheus and
 Alertmanager (shipped rules, routes, inhibitions and Slack templates) must
 turn each failure into exactly one critical Slack message naming the run:
@@ -16,6 +16,8 @@ scenario                   what happens to the run                              
 ``loss_blowup``            learning rate scaled up mid-run (``--fault_lr_scale``)  LossExploding
 ``structural_harm``        seeds with the guard off, blending barely trained      StructuralChangesHurting
                            children (each blend worsens the val loss)
+``perplexity_jump``        apoptosis drill: 90% of every group's most useful      PerplexityJumpAfterChange
+                           units die at once
 ``exception``              an exception in the training loop                      RunFailed
 ``healthy``                a normal short run                                     none
 ``rollback``               NaN loss answered by ``--on_diverge rollback``         none
@@ -57,13 +59,14 @@ from typing import Any
 
 from _e2e import Proc, read_json, read_jsonl, run_dir_in, start, stop
 from binaries import require_binary
+from _char import TINY_APOPTOSIS
 from conftest import free_port
 from test_e2e_alerting import QUIET, SlackMock, local_stack, production_latency, query, slack_mock
 
 from engine.sweep.file_sd import TargetsFile
 from monitoring import stack as ms
 
-FAMILIES = ("seeds", "neurogenesis", "plasticity")
+FAMILIES = ("seeds", "neurogenesis", "plasticity", "apoptosis")
 SWEEP = "faults"
 MAX_BUSY = 8  # runs starting up or training at once (lingering, killed and stopped ones do not count)
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
@@ -111,6 +114,16 @@ FAMILY_ARGS = {
     "plasticity": Family(short=["--n_tasks", "6"], mid=["--n_tasks", "8"], step=1000,
                          long=["--n_tasks", "100000"],
                          blowup=["--n_tasks", "10", "--fault_lr_scale_step", "300", "--fault_lr_scale", "10"]),
+    # A 2-block char transformer, 10 steps per evaluation, a death-and-regrowth round every 10 steps.
+    # AdamW at 1000x for the blow-up: the train loss reaches ~36x its baseline. The drill kills 90%
+    # of every group's most useful units at step 300 (a mechanism gone wrong): perplexity x2.1.
+    "apoptosis": Family(short=[*TINY_APOPTOSIS[2:], "--max_iters", "60"],
+                        mid=[*TINY_APOPTOSIS[2:], "--max_iters", "4000"], step=1500,
+                        long=[*TINY_APOPTOSIS[2:], "--max_iters", "10000000"],
+                        blowup=[*TINY_APOPTOSIS[2:], "--max_iters", "200", "--fault_lr_scale_step", "100",
+                                "--fault_lr_scale", "1000"],
+                        harm=[*TINY_APOPTOSIS[2:], "--max_iters", "400", "--apoptosis_drill_step", "300",
+                              "--apoptosis_drill_fraction", "0.9"]),
 }
 
 
@@ -136,6 +149,7 @@ class Scenario:
             "rollback": [*fam.mid, "--fault_nan_step", step, "--on_diverge", "rollback"],
             "loss_blowup": fam.blowup,
             "structural_harm": fam.harm,
+            "perplexity_jump": fam.harm,
             "sigkill": fam.long,
             "sigstop": fam.long,
         }[self.name]
@@ -148,7 +162,7 @@ class Scenario:
 #: run ~10 s longer. The ``nan_step0`` runs are registered right before they start instead (the
 #: engine's final-scrape linger must cover them), and so are the signalled runs (they are only
 #: signalled once scraped).
-PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup", "structural_harm"}
+PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup", "structural_harm", "perplexity_jump"}
 NAN = "non-finite loss"
 #: Launch order: TargetDown needs over a minute, so the signalled runs go first.
 SCENARIOS = [
@@ -162,6 +176,8 @@ SCENARIOS = [
     Scenario("nan_midrun", "LossNonFinite", NAN, 3, "diverged"),
     Scenario("loss_blowup", "LossExploding", "loss is exploding", 0, "finished"),
     Scenario("structural_harm", "StructuralChangesHurting", "keep hurting", 0, "finished", families=("seeds",)),
+    Scenario("perplexity_jump", "PerplexityJumpAfterChange", "perplexity jumped", 0, "finished",
+             families=("apoptosis",)),
 ]
 
 _TITLE = re.compile(r"\[(FIRING|RESOLVED)(?::\d+)?\]\s+(\w+)\s+·\s+run\s+(\S+)")

@@ -11,11 +11,13 @@ from torch import nn
 
 from engine.mechanisms.plans import (
     AddParameters,
+    CloneUnits,
     GrowUnits,
     PlanError,
     PruneUnits,
     ReinitUnits,
     RemoveParameters,
+    SetUnitGain,
 )
 from engine.surgery import apply_plan, apply_plans
 
@@ -370,3 +372,217 @@ def test_state_dict_round_trip_after_surgery() -> None:
     train(model, opt, steps=1)
     train(clone, opt2, steps=1)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), clone.parameters()))
+
+
+# ----------------------------------------------------------------- the char transformer's unit groups
+
+def char_model(steps: int = 3) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor]:
+    """Small CharTransformer (vocab 11, 2 blocks, 2 heads, d 16, block 8) after ``steps`` AdamW steps."""
+    from engine.models.char_transformer import CharTransformer
+
+    model = CharTransformer(11, 2, 2, 16, 8, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 11, (4, 8), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        model.loss(x, torch.roll(x, 1, 1)).backward()
+        opt.step()
+    with torch.no_grad():  # distinct per-unit gains, so a mis-sliced buffer shows
+        for m in (model.blocks[0].mlp, model.blocks[0].attn):
+            m.gain.copy_(torch.linspace(0.5, 1.5, m.gain.numel()))
+    return model, opt, x
+
+
+def _unit_state(model: nn.Module, opt: torch.optim.Optimizer, layer: str, nxt: str) -> dict[str, torch.Tensor]:
+    """exp_avg / exp_avg_sq of a group's incoming rows, biases and outgoing columns, units along dim 0."""
+    lin, out = model.get_submodule(layer), model.get_submodule(nxt)
+    res = {}
+    for k in ("exp_avg", "exp_avg_sq"):
+        res[f"w.{k}"] = opt.state[lin.weight][k].clone()
+        res[f"b.{k}"] = opt.state[lin.bias][k].clone()
+        res[f"o.{k}"] = opt.state[out.weight][k].T.clone()  # [units, next_out]
+    return res
+
+
+def _params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "attn"])
+def test_char_prune_keeps_state_and_equals_zero_gain(kind: str) -> None:
+    model, opt, x = char_model()
+    unit = next(u for u in model.unit_layers() if u.name == f"blocks.0.{kind}")
+    n = model.get_submodule(unit.layer).out_features
+    pruned = (1, 2, 9, 12) if kind == "attn" else (0, 5, 63)  # attn: channels of both heads
+    kept = [i for i in range(n) if i not in pruned]
+    before = _unit_state(model, opt, unit.layer, unit.next_layer)
+    assert before["w.exp_avg"].abs().sum() > 0
+    bufs = {b: model.get_buffer(b).clone() for b in unit.buffers}
+    w_in = model.get_submodule(unit.layer).weight.detach().clone()
+    with torch.no_grad():  # the pruned model must compute what the full one does with those gains at 0
+        gain = model.get_buffer(f"{unit.name}.gain")
+        saved = gain.clone()
+        gain[list(pruned)] = 0.0
+        expected = model(x).clone()
+        gain.copy_(saved)
+    apply_plan(model, opt, PruneUnits(unit.layer, unit.next_layer, pruned, unit.buffers))
+    assert model.unit_counts()[unit.name] == len(kept)
+    for b, old in bufs.items():
+        new = model.get_buffer(b)
+        assert new.dtype == old.dtype and new.device == old.device and torch.equal(new, old[kept])
+    assert torch.equal(model.get_submodule(unit.layer).weight, w_in[kept])
+    after = _unit_state(model, opt, unit.layer, unit.next_layer)
+    for k, v in before.items():
+        assert torch.equal(after[k], v[kept]), k
+    assert_optimizer_consistent(model, opt)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-6)
+    opt.zero_grad()
+    model.loss(x, x).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_char_clone_ffn_units() -> None:
+    model, opt, x = char_model()
+    layer, nxt, bufs = "blocks.1.mlp.fc", "blocks.1.mlp.proj", ("blocks.1.mlp.gain",)
+    fc = model.get_submodule(layer)
+    w, b = fc.weight.detach().clone(), fc.bias.detach().clone()
+    before = _unit_state(model, opt, layer, nxt)
+    with torch.no_grad():
+        out_before = model(x).clone()
+    parents = (3, 3, 40)
+    apply_plan(model, opt, CloneUnits(layer, nxt, parents, 0.1, bufs), torch.Generator().manual_seed(0))
+    fc, proj = model.get_submodule(layer), model.get_submodule(nxt)
+    assert fc.out_features == proj.in_features == 67
+    with torch.no_grad():
+        assert torch.allclose(model(x), out_before, atol=1e-6)  # outgoing columns 0: function unchanged
+    new = fc.weight[64:].detach()
+    std = w[list(parents)].std(dim=1, correction=0, keepdim=True)
+    delta = (new - w[list(parents)]) / (0.1 * std)  # the N(0, 1) draws
+    assert not torch.equal(new[0], new[1])  # two children of one parent differ
+    assert delta.abs().max() < 6 and 0.5 < delta.std() < 1.5
+    assert torch.equal(fc.bias[64:], b[list(parents)])
+    assert torch.equal(proj.weight[:, 64:], torch.zeros(16, 3))
+    assert torch.equal(model.get_buffer(bufs[0])[64:], torch.ones(3))  # default gain of a new unit
+    after = _unit_state(model, opt, layer, nxt)
+    for k, v in before.items():
+        assert torch.equal(after[k][:64], v), k
+        assert torch.equal(after[k][64:], torch.zeros_like(after[k][64:])), k
+    assert_optimizer_consistent(model, opt)
+    # same generator state, same children
+    other, opt2, _ = char_model()
+    apply_plan(other, opt2, CloneUnits(layer, nxt, parents, 0.1, bufs), torch.Generator().manual_seed(0))
+    assert torch.equal(other.get_submodule(layer).weight, fc.weight)
+
+
+def test_char_attention_channels_across_heads_and_into_a_head() -> None:
+    model, opt, x = char_model()
+    attn = model.blocks[0].attn
+    unit = model.unit_layers()[0]
+    assert unit.name == "blocks.0.attn"
+    heads, slots = attn.v_head.clone(), attn.v_slot.clone()
+    apply_plan(model, opt, PruneUnits(unit.layer, unit.next_layer, (0, 5, 8, 15), unit.buffers))
+    kept = [i for i in range(16) if i not in (0, 5, 8, 15)]
+    assert torch.equal(attn.v_head, heads[kept]) and torch.equal(attn.v_slot, slots[kept])
+    assert attn.v_head.dtype == attn.v_slot.dtype == torch.int64
+    assert model(x).shape == (4, 8, 11)
+    before = _unit_state(model, opt, unit.layer, unit.next_layer)
+    with torch.no_grad():
+        out_before = model(x).clone()
+    # two children of channel 9 (head 1) at new slots 8 and 9 of head 1 (beyond head_dim), one of channel 0 (head 0)
+    parents = (7, 7, 0)
+    assert attn.v_head[7] == 1 and attn.v_head[0] == 0
+    top1, top0 = int(attn.v_slot[attn.v_head == 1].max()), int(attn.v_slot[attn.v_head == 0].max())
+    values = ((1.0, 1.0, 1.0), (1, 1, 0), (top1 + 1, top1 + 2, top0 + 1))
+    apply_plan(model, opt, CloneUnits(unit.layer, unit.next_layer, parents, 0.2, unit.buffers, values),
+               torch.Generator().manual_seed(0))
+    assert attn.v_head.tolist()[-3:] == [1, 1, 0]
+    assert attn.v_slot.tolist()[-3:] == [top1 + 1, top1 + 2, top0 + 1]
+    pairs = list(zip(attn.v_head.tolist(), attn.v_slot.tolist()))
+    assert len(set(pairs)) == len(pairs) == attn.v.out_features == attn.o.in_features == 15
+    with torch.no_grad():
+        assert torch.allclose(model(x), out_before, atol=1e-6)
+    after = _unit_state(model, opt, unit.layer, unit.next_layer)
+    for k, v in before.items():
+        assert torch.equal(after[k][:12], v) and not after[k][12:].any(), k
+    assert_optimizer_consistent(model, opt)
+    for _ in range(2):  # the children learn (outgoing columns move away from 0)
+        opt.zero_grad()
+        model.loss(x, torch.roll(x, 1, 1)).backward()
+        opt.step()
+    assert attn.o.weight[:, 12:].abs().sum() > 0 and torch.isfinite(model(x)).all()
+
+
+def test_grow_units_extends_buffers_with_defaults_and_values() -> None:
+    model, opt, x = char_model()
+    apply_plan(model, opt, GrowUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", 2, buffers=("blocks.0.mlp.gain",)),
+               torch.Generator().manual_seed(0))
+    assert model.blocks[0].mlp.gain.tolist()[-2:] == [1.0, 1.0] and model.blocks[0].mlp.gain.numel() == 66
+    apply_plan(model, opt, GrowUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", 1, buffers=("blocks.0.mlp.gain",),
+                                     buffer_values=((0.25,),)))
+    assert model.blocks[0].mlp.gain[-1] == 0.25
+    assert_optimizer_consistent(model, opt)
+    assert model(x).shape == (4, 8, 11)
+
+
+def test_set_unit_gain_in_place() -> None:
+    model, opt, x = char_model()
+    gain = model.blocks[1].mlp.gain
+    state = state_snapshot(model, opt)
+    apply_plan(model, opt, SetUnitGain("blocks.1.mlp.gain", (9, 2), (0.5, 0.0)))
+    assert model.blocks[1].mlp.gain is gain and gain[9] == 0.5 and gain[2] == 0.0 and gain[3] == 1.0
+    assert states_equal(state_snapshot(model, opt), state)
+
+
+ATTN = ("blocks.0.attn.gain", "blocks.0.attn.v_head", "blocks.0.attn.v_slot")
+
+
+@pytest.mark.parametrize(
+    "plan, match",
+    [
+        (PruneUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", (1,), ("blocks.0.attn.gain",)),
+         r"'buffers': 'blocks.0.attn.gain' .*one entry per unit \(64\); 1-D buffers there: "
+         r"blocks.0.attn.gain \(16\), blocks.0.attn.v_head \(16\)"),
+        (PruneUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", (1,), ("blocks.0.mlp.nope",)), r"'buffers'"),
+        (PruneUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", (1, 64), ("blocks.0.mlp.gain",)),
+         r"'indices': \[64\] .*0\.\.63"),
+        (CloneUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", (64,), 0.1), r"'parents': \[64\]"),
+        (CloneUnits("blocks.0.attn.v", "blocks.0.attn.o", (1,), 0.1, ATTN), r"'buffer_values'.*explicit values"),
+        (CloneUnits("blocks.0.attn.v", "blocks.0.attn.o", (1,), 0.1, ATTN, ((1,), (0.5,), (9,))),
+         r"'buffer_values': \(0.5,\) .*whole numbers"),
+        (GrowUnits("blocks.0.mlp.fc", "blocks.0.mlp.proj", 1, buffers=("blocks.1.mlp.gain", "blocks.0.attn.gain")),
+         r"'buffers': 'blocks.0.attn.gain'"),
+        (SetUnitGain("blocks.0.attn.v_head", (0,), (1.0,)), r"'buffer'.*floating-point"),
+        (SetUnitGain("blocks.0.mlp.gain", (64,), (1.0,)), r"'indices': \[64\]"),
+    ],
+)
+def test_bad_unit_plans_change_nothing(plan: object, match: str) -> None:
+    model, opt, x = char_model()
+    params, state = _params(model), state_snapshot(model, opt)
+    with pytest.raises(PlanError, match=match):
+        apply_plan(model, opt, plan, torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    after = _params(model)
+    assert after.keys() == params.keys() and all(torch.equal(after[k], v) for k, v in params.items())
+    assert states_equal(state_snapshot(model, opt), state)
+    assert_optimizer_consistent(model, opt)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: GrowUnits("a", "b", 2, buffers=("a.gain",), buffer_values=((1.0,),)), r"'buffer_values'.*2 values"),
+        (lambda: GrowUnits("a", "b", 1, buffers=("a.gain",), buffer_values=((1.0,), (2.0,))),
+         r"'buffer_values'.*one sequence per buffer \(1\)"),
+        (lambda: PruneUnits("a", "b", (0,), ("a.gain", "a.gain")), r"'buffers'.*distinct"),
+        (lambda: CloneUnits("a", "b", (), 0.1), r"'parents'.*at least one"),
+        (lambda: CloneUnits("a", "b", (0,), -1.0), r"'noise'"),
+        (lambda: CloneUnits("a", "b", (0,), float("nan")), r"'noise'"),
+        (lambda: SetUnitGain("a.gain", (0, 1), (1.0,)), r"'values'.*one per index \(2\)"),
+        (lambda: SetUnitGain("a.gain", (0,), (float("inf"),)), r"'values'.*finite"),
+    ],
+)
+def test_bad_unit_plan_construction(build: Callable[[], object], match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        build()

@@ -87,7 +87,14 @@ class ApoptosisExperiment:
     def apply_update(self, batch: Batch, step: int, loss: Tensor) -> StepResult:
         """Optimizer step, then the mechanism's plans through surgery; structural events per interval."""
         grad_norm = self.lm.update(batch, step, loss)
-        for plan in self.mech.step(step, self._probe):
+        plans = self.mech.step(step, self._probe)
+        if step == self.fam.apoptosis_drill_step:  # fault drill: a mechanism gone wrong
+            for plan in plans:
+                apply_plan(self.lm.model, self.lm.optimizer, plan, self.lm.gen)
+            plans = self.mech.drill(step, self.fam.apoptosis_drill_fraction)
+            log.warning("fault drill: killing %.0f%% of every selected group's most useful units at step %d",
+                        100 * self.fam.apoptosis_drill_fraction, step)
+        for plan in plans:
             apply_plan(self.lm.model, self.lm.optimizer, plan, self.lm.gen)
         self.step = step + 1
         events: list[Any] = []

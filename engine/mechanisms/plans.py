@@ -33,6 +33,12 @@ from engine.errors import ParameterError
 #: New and re-initialised biases are always 0.
 INITS: tuple[str, ...] = ("kaiming", "he_uniform", "he_normal", "xavier_uniform")
 
+#: Values of new units' per-unit buffer entries when a plan gives no ``buffer_values``,
+#: by the buffer's attribute name (others: 0). Only floating-point buffers have
+#: defaults; an integer buffer (e.g. an attention channel's head ``v_head`` or slot
+#: ``v_slot``) has no safe default, so the surgery requires explicit values for it.
+BUFFER_DEFAULTS: dict[str, float] = {"gain": 1.0}
+
 
 def sample_init(init: str, rows: int, layer: nn.Linear,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -68,28 +74,35 @@ def _check_path(key: str, value: Any, optional: bool = False) -> None:
         raise PlanError(key, value, allowed)
 
 
+def _check_pair(layer: Any, next_layer: Any) -> None:
+    _check_path("layer", layer)
+    _check_path("next_layer", next_layer, optional=True)
+    if next_layer == layer:
+        raise PlanError("next_layer", next_layer, "a different layer than 'layer'")
+
+
 def _check_init(value: Any) -> None:
     if value not in INITS:
         raise PlanError("init", value, f"one of {', '.join(INITS)}")
 
 
-def _indices(value: Any) -> tuple[int, ...]:
-    """Normalise ``value`` to a tuple of distinct non-negative Python ints (non-empty)."""
+def _indices(value: Any, key: str = "indices", distinct: bool = True) -> tuple[int, ...]:
+    """Normalise ``value`` to a non-empty tuple of non-negative Python ints (distinct if asked)."""
     try:
         items = list(value)
         if any(isinstance(v, bool) for v in items):
             raise TypeError
         out = tuple(operator.index(v) for v in items)
     except TypeError:
-        raise PlanError("indices", value, "a sequence of integer unit indices") from None
+        raise PlanError(key, value, "a sequence of integer unit indices") from None
     if not out:
-        raise PlanError("indices", value, "at least one unit index; emit no plan instead")
+        raise PlanError(key, value, "at least one unit index; emit no plan instead")
     bad = [i for i in out if i < 0]
     if bad:
-        raise PlanError("indices", bad, "non-negative unit indices")
-    if len(set(out)) != len(out):
+        raise PlanError(key, bad, "non-negative unit indices")
+    if distinct and len(set(out)) != len(out):
         dup = sorted({i for i in out if out.count(i) > 1})
-        raise PlanError("indices", dup, "each unit index at most once")
+        raise PlanError(key, dup, "each unit index at most once")
     return out
 
 
@@ -101,6 +114,27 @@ def _floats(key: str, value: Iterable[Any]) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in out):
         raise PlanError(key, value, "finite numbers")
     return out
+
+
+def _check_buffers(plan: Any, new_units: int | None) -> None:
+    """Normalise ``plan.buffers`` (and ``plan.buffer_values`` for ``new_units`` new units)."""
+    bufs = tuple(plan.buffers) if isinstance(plan.buffers, (tuple, list)) else (None,)
+    if not all(isinstance(b, str) and b for b in bufs) or len(set(bufs)) != len(bufs):
+        raise PlanError("buffers", plan.buffers, "distinct module paths of 1-D buffers, e.g. 'blocks.0.mlp.gain'")
+    object.__setattr__(plan, "buffers", bufs)
+    if new_units is None:
+        return
+    try:
+        values = tuple(_floats("buffer_values", v) for v in plan.buffer_values)
+    except TypeError:
+        raise PlanError("buffer_values", plan.buffer_values, "a sequence of value sequences") from None
+    if values and len(values) != len(bufs):
+        raise PlanError("buffer_values", f"{len(values)} sequences",
+                        f"() for the defaults or one sequence per buffer ({len(bufs)})")
+    bad = [len(v) for v in values if len(v) != new_units]
+    if bad:
+        raise PlanError("buffer_values", f"sequences of {bad} values", f"{new_units} values each (one per new unit)")
+    object.__setattr__(plan, "buffer_values", values)
 
 
 @dataclass(frozen=True)
@@ -117,21 +151,26 @@ class GrowUnits:
     outgoing weights are non-zero the random incoming rows receive gradient too
     (random incoming rows also break the symmetry between new units). Note the
     incoming rows get exactly zero gradient on the first step after growth.
+
+    ``buffers`` are module paths of 1-D per-unit buffers of ``layer``'s units
+    (e.g. ``"blocks.0.mlp.gain"``), each extended by ``count`` entries:
+    ``buffer_values`` holds one sequence of ``count`` values per buffer, or is
+    empty for the defaults (see :data:`BUFFER_DEFAULTS`).
     """
 
     layer: str
     next_layer: str | None
     count: int
     init: str = "kaiming"
+    buffers: tuple[str, ...] = ()
+    buffer_values: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_path("layer", self.layer)
-        _check_path("next_layer", self.next_layer, optional=True)
-        if self.next_layer == self.layer:
-            raise PlanError("next_layer", self.next_layer, "a different layer than 'layer'")
+        _check_pair(self.layer, self.next_layer)
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise PlanError("count", self.count, "an integer >= 1")
         _check_init(self.init)
+        _check_buffers(self, self.count)
 
 
 @dataclass(frozen=True)
@@ -140,18 +179,66 @@ class PruneUnits:
 
     ``next_layer``'s bias is left unchanged (fold a pruned unit's mean
     contribution first with :class:`ReinitUnits` ``fold_bias`` if wanted).
+    The 1-D per-unit ``buffers`` (module paths) keep the same entries as the weights.
     """
 
     layer: str
     next_layer: str | None
     indices: tuple[int, ...]
+    buffers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_path("layer", self.layer)
-        _check_path("next_layer", self.next_layer, optional=True)
-        if self.next_layer == self.layer:
-            raise PlanError("next_layer", self.next_layer, "a different layer than 'layer'")
+        _check_pair(self.layer, self.next_layer)
         object.__setattr__(self, "indices", _indices(self.indices))
+        _check_buffers(self, None)
+
+
+@dataclass(frozen=True)
+class CloneUnits:
+    """Append one mutated copy of each unit in ``parents`` to ``layer`` (apoptosis regrowth).
+
+    Child ``c`` of parent ``p`` gets incoming row ``W[p] + noise * std(W[p]) * z``
+    (``z`` ~ N(0, 1) per weight, drawn from the surgery's generator; std over the
+    row's ``in_features`` entries), bias ``b[p]``, a **zero** outgoing column in
+    ``next_layer`` (the network function is unchanged at birth) and zero
+    optimizer state. A parent may appear several times (several children).
+    ``buffers`` / ``buffer_values`` extend per-unit buffers as in
+    :class:`GrowUnits` (one value per child).
+    """
+
+    layer: str
+    next_layer: str | None
+    parents: tuple[int, ...]
+    noise: float
+    buffers: tuple[str, ...] = ()
+    buffer_values: tuple[tuple[float, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_pair(self.layer, self.next_layer)
+        object.__setattr__(self, "parents", _indices(self.parents, "parents", distinct=False))
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) \
+                or not 0 <= self.noise < math.inf:
+            raise PlanError("noise", self.noise, "a finite number >= 0")
+        _check_buffers(self, len(self.parents))
+
+
+@dataclass(frozen=True)
+class SetUnitGain:
+    """Set entries ``indices`` of the 1-D float per-unit buffer ``buffer`` to ``values`` (in place).
+
+    Used to fade units out gradually; weights and optimizer state are untouched.
+    """
+
+    buffer: str
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        _check_path("buffer", self.buffer)
+        object.__setattr__(self, "indices", _indices(self.indices))
+        object.__setattr__(self, "values", _floats("values", self.values))
+        if len(self.values) != len(self.indices):
+            raise PlanError("values", f"{len(self.values)} values", f"one per index ({len(self.indices)})")
 
 
 @dataclass(frozen=True)
@@ -178,10 +265,7 @@ class ReinitUnits:
     init: str = "kaiming"
 
     def __post_init__(self) -> None:
-        _check_path("layer", self.layer)
-        _check_path("next_layer", self.next_layer, optional=True)
-        if self.next_layer == self.layer:
-            raise PlanError("next_layer", self.next_layer, "a different layer than 'layer'")
+        _check_pair(self.layer, self.next_layer)
         object.__setattr__(self, "indices", _indices(self.indices))
         if not isinstance(self.zero_outgoing, bool):
             raise PlanError("zero_outgoing", self.zero_outgoing, "True or False")
@@ -227,17 +311,20 @@ class RemoveParameters:
         _check_path("params_owner", self.params_owner)
 
 
-Plan = Union[GrowUnits, PruneUnits, ReinitUnits, AddParameters, RemoveParameters]
+Plan = Union[GrowUnits, PruneUnits, CloneUnits, SetUnitGain, ReinitUnits, AddParameters, RemoveParameters]
 """Any structural change :func:`engine.surgery.apply_plan` can carry out."""
 
 __all__ = [
+    "BUFFER_DEFAULTS",
     "INITS",
     "AddParameters",
+    "CloneUnits",
     "GrowUnits",
     "Plan",
     "PlanError",
     "PruneUnits",
     "ReinitUnits",
     "RemoveParameters",
+    "SetUnitGain",
     "sample_init",
 ]
