@@ -34,7 +34,9 @@ from engine.mechanisms.plans import (
     RemoveParameters,
     SetUnitGain,
 )
+from engine.mechanisms.head_plans import CloneHead, PruneHeads
 from engine.mechanisms.seed_plans import BlendSeed, CullSeed, FossilizeSeed, GerminateSeed
+from engine.surgery_heads import apply_head_plan
 from engine.surgery_units import clone, grow, module_at, prune, reinit, set_gain
 
 __all__ = ["PlanError", "apply_plan", "apply_plans"]
@@ -61,10 +63,12 @@ def apply_plan(
         _add_or_remove(model, optimizer, plan)
     elif isinstance(plan, (GerminateSeed, BlendSeed, CullSeed, FossilizeSeed)):
         _seed_lifecycle(model, optimizer, plan)
+    elif isinstance(plan, (PruneHeads, CloneHead)):
+        apply_head_plan(model, optimizer, plan, generator)
     else:
         raise PlanError("plan", type(plan).__name__, "a GrowUnits, PruneUnits, CloneUnits, SetUnitGain, "
-                        "ReinitUnits, AddParameters, RemoveParameters, GerminateSeed, BlendSeed, CullSeed "
-                        "or FossilizeSeed")
+                        "ReinitUnits, AddParameters, RemoveParameters, GerminateSeed, BlendSeed, CullSeed, "
+                        "FossilizeSeed, PruneHeads or CloneHead")
 
 
 def apply_plans(

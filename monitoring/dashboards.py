@@ -1,8 +1,8 @@
 """Grafana dashboards as code (Grafana Foundation SDK, Grafana 11.6 build).
 
 ``python -m monitoring.dashboards`` writes ``grafana/dashboards/<uid>.json``
-(the experiment families' dashboards come from :mod:`monitoring.dashboards_families`
-and :mod:`monitoring.dashboards_apoptosis`)
+(the experiment families' dashboards come from :mod:`monitoring.dashboards_families`,
+:mod:`monitoring.dashboards_apoptosis` and :mod:`monitoring.dashboards_heads`)
 (``--check`` only compares and exits 1 on a difference). Every metric name is
 taken from the engine's catalog through :func:`engine.telemetry.catalog.metric`,
 so a renamed metric fails here, at generation time.
@@ -55,15 +55,15 @@ DATASOURCE_UID = "prometheus"
 #: Names of the template variables every dashboard defines, in display order.
 VARIABLES = ("datasource", "job", "sweep", "run", "trial", "layer")
 #: Dashboards of the experiment families (monitoring/dashboards_families.py,
-#: monitoring/dashboards_apoptosis.py): uid -> family.
+#: monitoring/dashboards_apoptosis.py, monitoring/dashboards_heads.py): uid -> family.
 FAMILY_DASHBOARDS: Mapping[str, str] = {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity",
-                                        "plasticity-apoptosis": "apoptosis"}
+                                        "plasticity-apoptosis": "apoptosis", "plasticity-heads": "heads"}
 UIDS = ("plasticity-overview", "plasticity-seeds", "plasticity-system", *FAMILY_DASHBOARDS)
 #: The SDK build the committed JSON comes from: it targets the Grafana that compose runs (11.6).
 SDK_REQUIREMENT = "grafana-foundation-sdk==1769699379!11.6.0"
 #: Panels whose query is legitimately empty while every run is healthy.
 EMPTY_WHEN_HEALTHY = frozenset({("plasticity-overview", "Firing alerts"),
-                                ("plasticity-apoptosis", "Firing alerts")})
+                                ("plasticity-apoptosis", "Firing alerts"), ("plasticity-heads", "Firing alerts")})
 #: Values :func:`substitute` uses for variables the caller does not give.
 DEFAULT_VALUES: Mapping[str, str] = {
     "datasource": DATASOURCE_UID,
@@ -378,12 +378,13 @@ def build_all() -> dict[str, dict[str, Any]]:
     # The family dashboards build on this module's helpers, hence the late import.
     from monitoring.dashboards_apoptosis import apoptosis
     from monitoring.dashboards_families import lop, replay
+    from monitoring.dashboards_heads import heads
 
     from monitoring.dashboards_structural import annotation_text, structural_row
 
     over = annotation_text(_plain(structural_row(overview())))
-    apo = annotation_text(_plain(apoptosis()))
-    return {d["uid"]: d for d in (over, _plain(seeds()), _plain(system()), _plain(replay()), _plain(lop()), apo)}
+    apo, hd = annotation_text(_plain(apoptosis())), annotation_text(_plain(heads()))
+    return {d["uid"]: d for d in (over, _plain(seeds()), _plain(system()), _plain(replay()), _plain(lop()), apo, hd)}
 
 
 def render(data: Mapping[str, Any]) -> str:

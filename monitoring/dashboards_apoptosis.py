@@ -11,13 +11,14 @@ drawn against their per-run limits (what ``ApoptosisDeathStorm`` and
 structural changes are annotations (:mod:`monitoring.dashboards_structural`).
 
 The language-model panels read metrics any char-level family exports, so a
-later family on the same model can reuse :func:`lm_row`.
+later family on the same model (``heads``: :mod:`monitoring.dashboards_heads`)
+reuses :func:`lm_row`, the perplexity-jump panels and the firing-alerts table.
 """
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import table
+from grafana_foundation_sdk.builders import table, timeseries
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
@@ -59,18 +60,40 @@ def lm_row(dash: db.Dashboard) -> db.Dashboard:
                             "Training tokens per second over the last evaluation interval.", w=8)))
 
 
+def jump_ratio_panel(w: int = 8) -> timeseries.Panel:
+    """What PerplexityJumpAfterChange compares: the perplexity ratio around the latest structural event, its limit."""
+    return (_ts("Perplexity jump ratio vs limit", "none",
+                [_q(sel("perplexity_jump_ratio"), "ratio " + LEGEND_RUN, "A"),
+                 _q(sel("perplexity_jump_limit_ratio"), "limit " + LEGEND_RUN, "B")],
+                "Validation perplexity at the first evaluation after the latest structural event "
+                "over the one just before it; above the limit (dashed, 0 = off) the event counts "
+                "as a jump.", w=w)
+            .override_by_query("B", DASHED))
+
+
+def jumps_panel(w: int = 8) -> timeseries.Panel:
+    """The perplexity jumps counted so far (PerplexityJumpAfterChange pages on the count)."""
+    return _ts("Perplexity jumps", "short", [_q(sel("perplexity_jumps_total"), LEGEND_RUN)],
+               f"Structural events followed by a perplexity jump ({JUMPS}); "
+               "PerplexityJumpAfterChange pages from the first.", w=w)
+
+
+def firing_alerts(examples: str) -> table.Panel:
+    """Table of the alerts firing now for the selected runs (``examples``: the family's alerts, for the text)."""
+    alerts = f'ALERTS{{alertstate="firing", {RUN}}}'
+    return (table.Panel().title("Firing alerts")
+            .description(f"Alerts firing now for the selected runs ({examples}).")
+            .datasource(DS).unit("none").span(24).height(6)
+            .with_target(_q(f"sum by (alertname, severity, run_id, sweep, trial) ({alerts})", instant=True))
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {"Time": True, "Value": True}})))
+
+
 def apoptosis() -> db.Dashboard:
     """Apoptosis: units dying, regrowing and growing in a char-level transformer."""
     deaths_per_step = (f"{_BY_RUN} ({_rate('apoptosis_units_died_total', layer=True)}) / "
                        f"{_BY_RUN} ({_rate('steps_total')})")
-    alerts = f'ALERTS{{alertstate="firing", {RUN}}}'
-    firing = (table.Panel().title("Firing alerts")
-              .description("Alerts firing now for the selected runs (ApoptosisDeathStorm, "
-                           "PerplexityJumpAfterChange, StructuralChangesHurting, ...).")
-              .datasource(DS).unit("none").span(24).height(6)
-              .with_target(_q(f"sum by (alertname, severity, run_id, sweep, trial) ({alerts})", instant=True))
-              .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-                  "excludeByName": {"Time": True, "Value": True}})))
+    firing = firing_alerts("ApoptosisDeathStorm, PerplexityJumpAfterChange, StructuralChangesHurting, ...")
     dash = lm_row(_base(APOPTOSIS_UID, "Plasticity / Apoptosis",
                         "Char-level transformer whose FFN units and attention value channels die, regrow "
                         "and grow.").annotation(annotation()))
@@ -102,17 +125,8 @@ def apoptosis() -> db.Dashboard:
                             "Quantiles over each layer's alive units of their age in training steps.",
                             w=12, lo=0))
             .with_row(db.Row("Alerts"))
-            .with_panel(_ts("Perplexity jump ratio vs limit", "none",
-                            [_q(sel("perplexity_jump_ratio"), "ratio " + LEGEND_RUN, "A"),
-                             _q(sel("perplexity_jump_limit_ratio"), "limit " + LEGEND_RUN, "B")],
-                            "Validation perplexity at the first evaluation after the latest structural event "
-                            "over the one just before it; above the limit (dashed, 0 = off) the event counts "
-                            "as a jump.", w=8)
-                        .override_by_query("B", DASHED))
-            .with_panel(_ts("Perplexity jumps", "short",
-                            [_q(sel("perplexity_jumps_total"), LEGEND_RUN)],
-                            f"Structural events followed by a perplexity jump ({JUMPS}); "
-                            "PerplexityJumpAfterChange pages from the first.", w=8))
+            .with_panel(jump_ratio_panel())
+            .with_panel(jumps_panel())
             .with_panel(_ts("Deaths per step vs storm limit", "none",
                             [_q(deaths_per_step, "deaths/step {{run_id}} {{sweep}} {{trial}}", "A"),
                              _q(sel("apoptosis_death_storm_limit"), "limit " + LEGEND_RUN, "B")],

@@ -105,6 +105,10 @@ EXPECTED_INHIBITIONS = {
     # A perplexity jump right after a change is the page for the harm that
     # StructuralChangesHurting measures later (never the other way round).
     "PerplexityJumpAfterChange": {"AccuracyDrop", "StructuralChangesHurting"},
+    # A heads round kept past its quality limit is the page for the harm that the
+    # perplexity jump (next evaluation) and StructuralChangesHurting (settle window)
+    # measure again (never the other way round).
+    "HeadsPrunedPastQuality": {"PerplexityJumpAfterChange", "StructuralChangesHurting"},
 }
 _MATCHER_RE = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"(.*)"\s*')
 
@@ -437,3 +441,52 @@ def test_real_alertmanager_perplexity_jump_inhibition(tmp_path: Path) -> None:
         titles = [p["attachments"][0]["title"] for p in am.slack.posts]
         assert not [t for t in titles if t.startswith(f"[FIRING:1] {hurting}") and ("run a1" in t or "run a3" in t)]
         assert sum(t.startswith(f"[FIRING:1] {jump}") for t in titles) == 2  # each run paged once
+
+
+def test_real_alertmanager_heads_quality_inhibition(tmp_path: Path) -> None:
+    """A heads run's quality breach mutes the same run's perplexity jump and
+    StructuralChangesHurting (one page per incident) and no other run's; a jump
+    never mutes a breach (a run whose jump came first, from another round, gets
+    both pages)."""
+    breach, jump, hurting = "HeadsPrunedPastQuality", "PerplexityJumpAfterChange", "StructuralChangesHurting"
+
+    def title(name: str, run_id: str, sweep: str | None) -> str:
+        return f"[FIRING:1] {name} · run {run_id}" + (f" · sweep {sweep}" if sweep else "")
+
+    with _alertmanager(tmp_path) as am:
+        # The breach first, as in a real run: it is counted at the decision round, the
+        # jump at the next evaluation, the structural harm after the settle window.
+        # h4's jump comes alone (a clone round, say): it must not mute h4's later breach.
+        first = [(breach, "h1", "heads"), (breach, "h3", None), (jump, "h4", "heads")]
+        am.post([_alert(*k) for k in first])
+        for k in first:
+            am.slack.wait_for(lambda p, t=title(*k): p["attachments"][0]["title"] == t, 20)
+        later = [(jump, "h1", "heads"), (hurting, "h1", "heads"), (jump, "h3", None), (hurting, "h3", None),
+                 (jump, "h2", "heads"), (breach, "h4", "heads")]
+        am.post([_alert(*k) for k in later])
+
+        def states() -> dict[tuple[str, str], dict[str, Any]]:
+            return {(a["labels"]["alertname"], a["labels"]["run_id"]): a for a in am.alerts()}
+
+        # h4's jump, paged before, is muted from the breach on (no reminders); the breach still pages.
+        want = {(jump, "h1"): "suppressed", (hurting, "h1"): "suppressed", (jump, "h3"): "suppressed",
+                (hurting, "h3"): "suppressed", (jump, "h2"): "active", (breach, "h1"): "active",
+                (breach, "h3"): "active", (jump, "h4"): "suppressed", (breach, "h4"): "active"}
+        deadline, got = time.monotonic() + 15, states()
+        while time.monotonic() < deadline and any(got.get(k, {}).get("status", {}).get("state") != v
+                                                   for k, v in want.items()):
+            time.sleep(0.2)
+            got = states()
+        assert {k: got[k]["status"]["state"] for k in want} == want
+        for run_id in ("h1", "h3"):
+            by_breach, by_jump = got[(breach, run_id)]["fingerprint"], got[(jump, run_id)]["fingerprint"]
+            assert got[(jump, run_id)]["status"]["inhibitedBy"] == [by_breach]
+            # Alertmanager names one source: the breach, or the (itself muted) jump, which mutes it too.
+            assert set(got[(hurting, run_id)]["status"]["inhibitedBy"]) <= {by_breach, by_jump}
+        am.slack.wait_for(lambda p: p["attachments"][0]["title"] == title(jump, "h2", "heads"), 20)
+        am.slack.wait_for(lambda p: p["attachments"][0]["title"] == title(breach, "h4", "heads"), 20)
+        time.sleep(2)  # two more group intervals: a muted group would have flushed by now
+        titles = [p["attachments"][0]["title"] for p in am.slack.posts]
+        assert not {title(*k) for k in later[:4]} & set(titles), titles
+        for k in [*first, (jump, "h2", "heads"), (breach, "h4", "heads")]:
+            assert titles.count(title(*k)) == 1, (k, titles)  # each paged once

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.telemetry.catalog import CATALOG, PREFIX, series_budget
+from engine.telemetry.catalog import CATALOG, NEURON_QUANTILES, PREFIX, series_budget
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,7 @@ def test_labels_are_bounded() -> None:
                "device", "experiment", "version", "python_version", "torch_version", "to_state", "class",
                "config_hash",  # config_hash: one value per run, like run_id
                "kind",  # one of STRUCTURAL_KINDS
+               "head",  # attention-head slot 0 .. cap-1 of a layer: bounded by the run's config
                # quality figures of the latest settled change: the sink keeps one series per
                # kind and layer at a time (removes the previous), so they stay bounded too
                "quality_before", "quality_after"}
@@ -55,14 +56,28 @@ def test_series_budget_counts_only_the_family_metrics() -> None:
 
 
 def test_series_budget_counts_quantile_metrics_per_layer_and_quantile() -> None:
-    from engine.telemetry.catalog import NEURON_QUANTILES
-
     # apoptosis: activation, unit utility and unit age quantiles, each layers x quantiles.
     quantiled = [m for m in CATALOG if "quantile" in m.labels and m.applies_to("apoptosis")]
     assert len(quantiled) == 3
     per_layer = series_budget(0, 5, 3, 4, "apoptosis") - series_budget(0, 4, 3, 4, "apoptosis")
     # + 6 plain per-layer series, top-3 activations, 3 kinds x 3 per-kind-and-layer structural series
     assert per_layer == len(quantiled) * len(NEURON_QUANTILES) + 6 + 3 + 3 * 3
+
+
+def test_series_budget_counts_head_slots_per_layer() -> None:
+    """heads: per-head gauges cost layers x head cap each; the cap moves nothing else, nor other families."""
+    per_head = [m for m in CATALOG if "head" in m.labels]
+    assert {m.name for m in per_head} == {f"{PREFIX}_head_importance_ratio", f"{PREFIX}_head_attention_entropy_nats"}
+    assert all(m.families == ("heads",) for m in per_head)
+    four = series_budget(0, 2, 3, 4, "heads", n_phases=1, n_heads=4)
+    assert series_budget(0, 2, 3, 4, "heads", n_phases=1, n_heads=8) - four == len(per_head) * 2 * 4
+    assert series_budget(0, 2, 3, 4, "heads", n_phases=1, n_heads=0) == four - len(per_head) * 2 * 4
+    # One more layer: 5 plain per-layer series (units, dead units, heads alive, pruned, cloned), its head
+    # slots, top-3 activations, activation quantiles, 3 per-kind-and-layer structural series x 2 kinds.
+    assert series_budget(0, 3, 3, 4, "heads", n_phases=1, n_heads=4) - four == (
+        5 + len(per_head) * 4 + 3 + len(NEURON_QUANTILES) + 3 * 2)
+    for family in ("seeds", "neurogenesis", "plasticity", "apoptosis"):
+        assert series_budget(4, 2, 3, 4, family, n_heads=64) == series_budget(4, 2, 3, 4, family)
 
 
 def test_every_family_metric_names_a_registered_family() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
-from _char import TINY_APOPTOSIS
+from _char import TINY_APOPTOSIS, TINY_HEADS
 from _e2e import Proc, read_json, run, run_dir_in, start, stop
 
 from engine.errors import ConfigError
@@ -39,6 +39,7 @@ FAMILIES: dict[str, list[str]] = {
     "plasticity_cbp": PLASTICITY + ["--mechanism", "cbp", "--momentum", "0.9"],
     "plasticity_redo": PLASTICITY + ["--mechanism", "redo", "--redo_tau", "0.5"],
     "apoptosis": [*TINY_APOPTOSIS, "--max_iters", "30"],
+    "heads": [*TINY_HEADS, "--max_iters", "80"],  # pruning rounds from ~step 50
 }
 
 

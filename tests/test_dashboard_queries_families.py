@@ -4,10 +4,12 @@ that scraped a real short run of that family.
 One Prometheus (the shipped config and rules, 1 s scrape and evaluation, one
 static ``engine`` target per family) scrapes a tiny ``neurogenesis`` run (8x8
 digits, base classes 1 and 7, one new class, growth and replay on), a tiny
-``plasticity`` run (6 permuted-digit tasks, continual backprop) and a tiny
+``plasticity`` run (6 permuted-digit tasks, continual backprop), a tiny
 ``apoptosis`` run (a 2-block char transformer on 20,000 characters of the
 committed Shakespeare slice, then a short domain shift to verse; units die
-and regrow every 10 steps; nothing is downloaded)
+and regrow every 10 steps; nothing is downloaded) and a tiny ``heads`` run
+(the same model with 4 heads per block on the slice; warm-up stable after a
+few evaluations, then a pruning round every 30 steps)
 running side by side. Each dashboard's queries are executed the way Grafana sends them
 (:func:`monitoring.dashboards.substitute` with the run's ``run_id``, job
 ``engine``, ``$__rate_interval`` = 4 s) as range queries over the run's
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _char import SLICE
+from _char import SLICE, TINY_HEADS
 from _e2e import ROOT, Proc, read_json, run_dir_in, start, stop, wait_for
 from _promdata import STEP, wait_until_settled, widest_range
 from binaries import duration_seconds, require_binary
@@ -66,13 +68,16 @@ RUNS: dict[str, list[str]] = {
                   "--eval_every", "20", "--eval_iters", "2", "--apoptosis_strategy", "standard",
                   "--prune_interval", "10", "--apoptosis_start", "20", "--maturity_steps", "10",
                   "--sample_chars", "40", "--sample_every", "20"],
+    # Pruning rounds every 30 steps once warm-up is stable (from step ~30): the per-head
+    # importance and entropy panels need at least one round inside the run.
+    "heads": [*TINY_HEADS, "--max_iters", "200"],
 }
 #: Corpus B of the apoptosis run's domain shift (written next to the run).
 POEMS = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 120
 #: A metric name part only each family's dashboard charts (checked empty for another family's run).
-OWN = {"neurogenesis": "ndl_", "plasticity": "layer_effective_rank", "apoptosis": "apoptosis_"}
+OWN = {"neurogenesis": "ndl_", "plasticity": "layer_effective_rank", "apoptosis": "apoptosis_", "heads": "heads_"}
 #: Layer label prefix of each family.
-LAYERS = {"neurogenesis": "encoder.", "plasticity": "layers.", "apoptosis": "blocks."}
+LAYERS = {"neurogenesis": "encoder.", "plasticity": "layers.", "apoptosis": "blocks.", "heads": "blocks."}
 
 
 @dataclass

@@ -274,9 +274,9 @@ def test_sdk_is_the_pinned_grafana_build() -> None:
 def test_fixed_uids(dashboards: dict[str, Dash]) -> None:
     assert {stem: dash["uid"] for stem, dash in dashboards.items()} == {uid: uid for uid in d.UIDS}
     assert set(d.UIDS) == {"plasticity-overview", "plasticity-seeds", "plasticity-system",
-                           "plasticity-replay", "plasticity-lop", "plasticity-apoptosis"}
+                           "plasticity-replay", "plasticity-lop", "plasticity-apoptosis", "plasticity-heads"}
     assert dict(d.FAMILY_DASHBOARDS) == {"plasticity-replay": "neurogenesis", "plasticity-lop": "plasticity",
-                                         "plasticity-apoptosis": "apoptosis"}
+                                         "plasticity-apoptosis": "apoptosis", "plasticity-heads": "heads"}
 
 
 # -- lint rules ------------------------------------------------------------------
@@ -336,7 +336,8 @@ def test_required_family_panels(dashboards: dict[str, Dash]) -> None:
     """Issue 4 (replay) and issue 5 (loss of plasticity): the panels they ask for,
     each family's metrics only, and alert thresholds drawn as the rules have them."""
     replay, lop, apo = dashboards["plasticity-replay"], dashboards["plasticity-lop"], dashboards["plasticity-apoptosis"]
-    for dash, family in ((replay, "neurogenesis"), (lop, "plasticity"), (apo, "apoptosis")):
+    for dash, family in ((replay, "neurogenesis"), (lop, "plasticity"), (apo, "apoptosis"),
+                         (dashboards["plasticity-heads"], "heads")):
         names = {catalog_name(n) for _, e in all_exprs(dash) for n in METRIC.findall(e)}
         own = {m.name for m in CATALOG if m.families == (family,)}
         other = {m.name for m in CATALOG if m.families and family not in m.families}
@@ -383,6 +384,41 @@ def test_required_apoptosis_panels(dashboards: dict[str, Dash]) -> None:
     names = [n for _, n, _e in d.annotation_queries(apo)]
     assert names == ["Structural changes"]
     note = next(a for a in apo["annotations"]["list"] if a.get("name") == "Structural changes")
+    assert "{{quality_before}} -> {{quality_after}}" in note["textFormat"]
+
+
+def test_required_heads_panels(dashboards: dict[str, Dash]) -> None:
+    """The heads family's panels: the shared language-model row, per-layer head counts and changes, per-head
+    scores without the NaN slots of pruned heads, both heads alerts' signals next to their limits, the
+    perplexity jump, and annotations for structural changes, decision rounds and the warm-up detection."""
+    hd = dashboards["plasticity-heads"]
+    hx = "\n".join(e for _, e in all_exprs(hd))
+    for m in ("train_loss", "val_loss", "val_perplexity", "tokens_per_second", "text_samples_total",
+              "training_phase", "heads_alive", "heads_pruned_total", "heads_cloned_total",
+              "heads_decision_rounds_total", "heads_warmup_stable", "heads_stable_step", "heads_quality_ratio",
+              "heads_quality_limit_ratio", "heads_quality_breaches_total", "perplexity_jump_ratio",
+              "perplexity_jump_limit_ratio", "perplexity_jumps_total"):
+        assert f"plasticity_{m}{{" in hx, m
+    titles = {p["title"]: p for p in panels(hd)}
+    apo = {p["title"]: p for p in panels(dashboards["plasticity-apoptosis"])}
+    for shared in ("Loss", "Validation perplexity", "Phase", "Text samples", "Tokens per second"):
+        assert titles[shared]["targets"] == apo[shared]["targets"], shared  # lm_row, reused
+    for title, short in (("Head importance", "head_importance_ratio"),
+                         ("Head attention entropy", "head_attention_entropy_nats"),
+                         ("Head importance over rounds", "head_importance_ratio")):
+        (target,) = titles[title]["targets"]
+        assert target["expr"].startswith(f"max by (run_id, layer, head) (plasticity_{short}{{")
+        assert target["expr"].endswith("} >= 0)"), target["expr"]  # NaN slots (heads pruned since) dropped
+        assert "{{head}}" in target["legendFormat"]
+    assert titles["Head importance"]["type"] == "bargauge" and titles["Head importance over rounds"]["type"] == "heatmap"
+    # What HeadsPrunedPastQuality compares: the ratio against its (dashed) limit.
+    quality = [t["expr"] for t in titles["Quality ratio vs limit"]["targets"]]
+    assert "plasticity_heads_quality_ratio{" in quality[0] and "plasticity_heads_quality_limit_ratio{" in quality[1]
+    assert titles["Warm-up"]["fieldConfig"]["defaults"]["mappings"][0]["options"]["1"]["text"] == "stable"
+    assert 'ALERTS{alertstate="firing"' in titles["Firing alerts"]["targets"][0]["expr"]
+    names = [n for _, n, _e in d.annotation_queries(hd)]
+    assert names == ["Structural changes", "Decision rounds", "Warm-up stable"]
+    note = next(a for a in hd["annotations"]["list"] if a.get("name") == "Structural changes")
     assert "{{quality_before}} -> {{quality_after}}" in note["textFormat"]
 
 

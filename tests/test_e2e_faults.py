@@ -1,6 +1,6 @@
 """End-to-end fault suite: every failure of every family pages once, healthy runs page nobody.
 
-Real engine runs of each family (``seeds``, ``neurogenesis``, ``plasticity``, ``apoptosis``)
+Real engine runs of each family (``seeds``, ``neurogenesis``, ``plasticity``, ``apoptosis``, ``heads``)
 fail in every way the engine and its rules cover, and the real Prometheus and
 Alertmanager (shipped rules, routes, inhibitions and Slack templates) must
 turn each failure into exactly one critical Slack message naming the run:
@@ -18,6 +18,8 @@ scenario                   what happens to the run                              
                            children (each blend worsens the val loss)
 ``perplexity_jump``        apoptosis drill: 90% of every group's most useful      PerplexityJumpAfterChange
                            units die at once
+``quality_breach``         heads: a pruning round leaves the val loss above the   HeadsPrunedPastQuality
+                           quality limit (rolled back, pruning stops)
 ``exception``              an exception in the training loop                      RunFailed
 ``healthy``                a normal short run                                     none
 ``rollback``               NaN loss answered by ``--on_diverge rollback``         none
@@ -59,14 +61,14 @@ from typing import Any
 
 from _e2e import Proc, read_json, read_jsonl, run_dir_in, start, stop
 from binaries import require_binary
-from _char import TINY_APOPTOSIS
+from _char import TINY_APOPTOSIS, TINY_HEADS
 from conftest import free_port
 from test_e2e_alerting import QUIET, SlackMock, local_stack, production_latency, query, slack_mock
 
 from engine.sweep.file_sd import TargetsFile
 from monitoring import stack as ms
 
-FAMILIES = ("seeds", "neurogenesis", "plasticity", "apoptosis")
+FAMILIES = ("seeds", "neurogenesis", "plasticity", "apoptosis", "heads")
 SWEEP = "faults"
 MAX_BUSY = 8  # runs starting up or training at once (lingering, killed and stopped ones do not count)
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
@@ -124,6 +126,15 @@ FAMILY_ARGS = {
                                 "--fault_lr_scale", "1000"],
                         harm=[*TINY_APOPTOSIS[2:], "--max_iters", "400", "--apoptosis_drill_step", "300",
                               "--apoptosis_drill_fraction", "0.9"]),
+    # The same model with four heads per block; harm: the first pruning round (~step 50) removes half
+    # the heads with no tolerance: a breach, rolled back, pruning stops.
+    "heads": Family(short=[*TINY_HEADS[2:], "--max_iters", "60"],
+                    mid=[*TINY_HEADS[2:], "--max_iters", "4000", "--head_mode", "none"], step=1500,
+                    long=[*TINY_HEADS[2:], "--max_iters", "10000000", "--head_mode", "none"],
+                    blowup=[*TINY_HEADS[2:], "--max_iters", "200", "--fault_lr_scale_step", "100",
+                            "--fault_lr_scale", "1000"],
+                    harm=[*TINY_HEADS[2:], "--max_iters", "150", "--prune_fraction", "0.5",
+                          "--quality_tolerance", "0"]),
 }
 
 
@@ -150,6 +161,7 @@ class Scenario:
             "loss_blowup": fam.blowup,
             "structural_harm": fam.harm,
             "perplexity_jump": fam.harm,
+            "quality_breach": fam.harm,
             "sigkill": fam.long,
             "sigstop": fam.long,
         }[self.name]
@@ -162,7 +174,8 @@ class Scenario:
 #: run ~10 s longer. The ``nan_step0`` runs are registered right before they start instead (the
 #: engine's final-scrape linger must cover them), and so are the signalled runs (they are only
 #: signalled once scraped).
-PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup", "structural_harm", "perplexity_jump"}
+PREREGISTERED = {"healthy", "rollback", "nan_midrun", "exception", "loss_blowup", "structural_harm", "perplexity_jump",
+                 "quality_breach"}
 NAN = "non-finite loss"
 #: Launch order: TargetDown needs over a minute, so the signalled runs go first.
 SCENARIOS = [
@@ -178,6 +191,7 @@ SCENARIOS = [
     Scenario("structural_harm", "StructuralChangesHurting", "keep hurting", 0, "finished", families=("seeds",)),
     Scenario("perplexity_jump", "PerplexityJumpAfterChange", "perplexity jumped", 0, "finished",
              families=("apoptosis",)),
+    Scenario("quality_breach", "HeadsPrunedPastQuality", "pruning stops", 0, "finished", families=("heads",)),
 ]
 
 _TITLE = re.compile(r"\[(FIRING|RESOLVED)(?::\d+)?\]\s+(\w+)\s+·\s+run\s+(\S+)")

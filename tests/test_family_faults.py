@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _char import TINY_APOPTOSIS
+from _char import TINY_APOPTOSIS, TINY_HEADS
 from _e2e import read_json, read_jsonl, run, run_dir_in
 
 COMMON = ["--metrics_port", "0", "--no_tensorboard", "--console", "off", "--threads", "1", "--seed", "3"]
@@ -28,6 +28,7 @@ FAMILIES = {
                    "--probe_size", "150", "--diagnostics_every", "10", "--mechanism", "cbp",
                    "--maturity_threshold", "10", "--replacement_rate", "0.01"],
     "apoptosis": [*TINY_APOPTOSIS, "--max_iters", "60"],
+    "heads": [*TINY_HEADS, "--max_iters", "60"],
 }
 MID = 30  # a step after the first epoch of every tiny configuration above
 
@@ -102,11 +103,11 @@ def test_nan_with_rollback_recovers_in_every_family(results: dict, family: str) 
     # Re-run epochs replace their rows: one row per epoch, in order, to the end of the schedule.
     epochs = [r["epoch"] for r in _history(run_dir)]
     assert epochs == list(range(len(epochs))) and len(epochs) == doc["metrics"]["epochs"]
-    # The learning rate after the rollback is half the configured one (apoptosis: half its schedule's
-    # rate at the last step: lr 3e-3, 10 warm-up steps, cosine to 10% at step 60).
+    # The learning rate after the rollback is half the configured one (char-level families: half their
+    # schedule's rate at the last step: lr 3e-3, 10 warm-up steps, cosine to 10% at step 60).
     lr0 = _history(run_dir)[0]["learning_rate"] if rb["to_epoch"] > 0 else None
     last_lr = _history(run_dir)[-1]["learning_rate"]
-    if family == "apoptosis":
+    if family in ("apoptosis", "heads"):
         assert last_lr == pytest.approx(0.5 * (3e-4 + 0.5 * (1 + math.cos(math.pi * 49 / 50)) * 2.7e-3))
     elif lr0 is not None:
         assert last_lr == pytest.approx(lr0 * 0.5)

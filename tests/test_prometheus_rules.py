@@ -318,6 +318,55 @@ MUTATIONS = {
         "max_over_time(plasticity_perplexity_jumps_total[10m]) > 0",
         "plasticity_perplexity_jumps_total > 0",
     ),
+    # Heads: a breach counted before the first scrape, and one seen by the run's last scrape only ...
+    "HeadsPrunedPastQuality via increase()": (
+        "HeadsPrunedPastQuality", "alerts.yml",
+        "max_over_time(plasticity_heads_quality_breaches_total[10m]) > 0",
+        "increase(plasticity_heads_quality_breaches_total[10m]) > 0",
+    ),
+    "HeadsPrunedPastQuality on the last values": (
+        "HeadsPrunedPastQuality", "alerts.yml",
+        ("              max_over_time(plasticity_heads_quality_ratio[10m])\n"
+         "            )\n"
+         "            > on (job, instance, run_id, sweep, run, trial)\n"
+         "            max by (job, instance, run_id, sweep, run, trial) (\n"
+         "              max_over_time(plasticity_heads_quality_limit_ratio[10m])"),
+        ("              plasticity_heads_quality_ratio\n"
+         "            )\n"
+         "            > on (job, instance, run_id, sweep, run, trial)\n"
+         "            max by (job, instance, run_id, sweep, run, trial) (\n"
+         "              plasticity_heads_quality_limit_ratio"),
+    ),
+    # ... and the default stop (a breach rolled back: the model is as good as before) pages nobody.
+    "HeadsPrunedPastQuality on every breach": (
+        "HeadsPrunedPastQuality", "alerts.yml",
+        ("          (\n"
+         "            max by (job, instance, run_id, sweep, run, trial) (\n"
+         "              max_over_time(plasticity_heads_quality_ratio[10m])\n"
+         "            )\n"
+         "            > on (job, instance, run_id, sweep, run, trial)\n"
+         "            max by (job, instance, run_id, sweep, run, trial) (\n"
+         "              max_over_time(plasticity_heads_quality_limit_ratio[10m])\n"
+         "            )\n"
+         "          )\n"
+         "          and on (job, instance, run_id, sweep, run, trial)\n"), "",
+    ),
+    # The warm-up warning: a detection due soon after half the plan, and an ended run, stay quiet.
+    "HeadsWarmupNotStable without for": (
+        "HeadsWarmupNotStable", "alerts.yml",
+        ("          and on (job, instance, run_id) plasticity_heads_warmup_stable == 0\n"
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         "        for: 10m"),
+        ("          and on (job, instance, run_id) plasticity_heads_warmup_stable == 0\n"
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'
+         "        for: 0m"),
+    ),
+    "HeadsWarmupNotStable without the running guard": (
+        "HeadsWarmupNotStable", "alerts.yml",
+        ("          and on (job, instance, run_id) plasticity_heads_warmup_stable == 0\n"
+         '          and on (job, instance, run_id) plasticity_run_status{status="running"} == 1\n'),
+        "          and on (job, instance, run_id) plasticity_heads_warmup_stable == 0\n",
+    ),
     # Loss of plasticity: against an hour ago instead of the run's best, a
     # slow job (hours per task) losing 2-3 points per task never fires.
     "PlasticityLoss against an hour ago": (

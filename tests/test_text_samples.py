@@ -88,8 +88,9 @@ def test_mlflow_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     client = mlflow.MlflowClient(tracking_uri=sink.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
     files = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "samples")}
-    assert files == {"40_after_apoptosis.txt", "100_phase_end_train.txt", "180_phase_end_shift.txt"}
-    local = client.download_artifacts(run.info.run_id, "samples/100_phase_end_train.txt", str(tmp_path))
+    assert files == {"00000040_after_apoptosis.txt", "00000100_phase_end_train.txt", "00000180_phase_end_shift.txt"}
+    assert sorted(files) == [f"{s.step:08d}_{s.tag.replace('/', '_')}.txt" for s in _samples()]  # run order
+    local = client.download_artifacts(run.info.run_id, "samples/00000100_phase_end_train.txt", str(tmp_path))
     assert Path(local).read_text(encoding="utf-8") == TEXT
 
 

@@ -12,10 +12,6 @@ class ApoptosisFamilyConfig(CharLMConfig):
     """Char-level transformer (data, model, schedule, samples) plus apoptosis and its alert thresholds."""
 
     apoptosis: ApoptosisConfig = Field(default_factory=ApoptosisConfig)
-    perplexity_jump_limit: float = Field(
-        1.1, ge=0, le=1e6, description="Validation perplexity right after structural events over the one "
-        "just before them above which the events count as a jump (perplexity_jumps_total, "
-        "PerplexityJumpAfterChange; 0 = off).")
     death_storm_factor: float = Field(
         3.0, ge=0, le=1e6, description="Deaths per step (summed over groups, over one minute) above this "
         "multiple of what the schedule can legitimately remove make ApoptosisDeathStorm fire (0 = off).")

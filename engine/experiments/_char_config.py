@@ -42,6 +42,10 @@ class CharLMConfig(Section):
     sample_every: int = Field(
         500, ge=1, le=10**8, description="Fewest steps between text samples taken after structural events "
         "(phase ends always get one).")
+    perplexity_jump_limit: float = Field(
+        1.1, ge=0, le=1e6, description="Validation perplexity right after structural events over the one "
+        "just before them above which the events count as a jump (perplexity_jumps_total, "
+        "PerplexityJumpAfterChange; 0 = off).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "CharLMConfig":

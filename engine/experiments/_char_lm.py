@@ -47,6 +47,8 @@ class CharLM:
                      for key in self.corpus.corpora}
         self.train_seconds = 0.0  # wall time inside training steps since the last evaluation
         self.train_tokens = 0
+        self._step_seconds = 0.0  # running mean of a training step's wall time (decision costs in steps)
+        self._windows: dict[str, list[Batch]] = {}
 
     def _optimizer(self) -> torch.optim.Optimizer:
         tc, lm = self.cfg.train, self.lm
@@ -100,8 +102,14 @@ class CharLM:
             group["lr"] = lr
         self.optimizer.step()
         self.train_tokens += batch[0].numel()
-        self.train_seconds += time.perf_counter() - self._t0
+        took = time.perf_counter() - self._t0
+        self.train_seconds += took
+        self._step_seconds = took if self._step_seconds == 0 else 0.98 * self._step_seconds + 0.02 * took
         return float(norm)
+
+    def seconds_per_step(self) -> float:
+        """Running mean wall time of one training step (0 before the first)."""
+        return self._step_seconds
 
     def tokens_per_second(self) -> float:
         """Training throughput since the last call (then reset)."""
@@ -116,6 +124,14 @@ class CharLM:
         self.model.eval()
         losses = [float(self.model.loss(x, y)) for x, y in self._val[key]]
         return sum(losses) / len(losses)
+
+    def train_windows(self, key: str, n: int) -> list[Batch]:
+        """``n`` fixed training-split batches of corpus ``key`` (the same on every call; measurements use them)."""
+        if len(self._windows.get(key, ())) != n:
+            tc = self.cfg.train
+            self._windows[key] = list(self.corpus.val_batches(key, n, tc.batch_size, self.lm.block_size, tc.seed + 3,
+                                                              split="train", device=self.device))
+        return self._windows[key]
 
     def val_batch(self, key: str) -> Batch:
         """The first fixed validation batch of corpus ``key`` (probes use it)."""
@@ -146,13 +162,14 @@ class CharLM:
         return sum(p.numel() for p in self.model.parameters())
 
     def state_dict(self) -> dict[str, Any]:
-        """Unit counts (shapes), model, optimizer, generators and the learning-rate scale."""
-        return {"units": self.model.unit_counts(), "model": self.model.state_dict(),
+        """Head and unit counts (shapes), model, optimizer, generators and the learning-rate scale."""
+        return {"heads": self.model.head_counts(), "units": self.model.unit_counts(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
                 "sample_generator": self.sample_gen.get_state(), "lr_scale": self.lr_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the model at the checkpoint's unit counts, then restore everything."""
+        """Rebuild the model at the checkpoint's head and unit counts, then restore everything."""
+        self.model.resize_heads({k: int(v) for k, v in state["heads"].items()})
         self.model.resize_to({k: int(v) for k, v in state["units"].items()})
         self.model.load_state_dict(state["model"])
         self.optimizer = self._optimizer()  # over the resized parameters, same order as surgery keeps

@@ -16,16 +16,23 @@ Every unit has a ``gain`` (1 by default) that multiplies its output, so a unit
 can be faded out smoothly before it is removed. Per-unit buffers (``gain``,
 ``v_head``, ``v_slot``) are listed by :meth:`CharTransformer.unit_layers` so
 surgery resizes them together with the weights.
+
+Whole **heads** (rows ``h*head_dim:(h+1)*head_dim`` of ``q``/``k``, their value
+channels, entry ``h`` of the per-head gate ``head_gate``) are removed or cloned by
+:mod:`engine.mechanisms.head_plans`; rebuild with ``head_counts``/``resize_heads``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from engine.errors import ParameterError
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,16 @@ class FeedForward(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention whose value channels can be added or removed one by one."""
+    """Multi-head causal attention whose value channels can be added or removed one by one.
+
+    ``head_gate`` [n_head] multiplies each head's output, i.e. ``y_pad [B, H, T, m] *
+    gate.view(1, H, 1, 1)``, computed as the per-channel ``gain * head_gate[v_head]``
+    (the same product; two [channels] ops instead of a pass over y_pad). A leaf
+    tensor requiring grad assigned to ``head_gate`` makes it differentiable.
+    With ``record_entropy``, forward stores ``last_entropy`` [n_head]: attention
+    entropy (nats) averaged over batch and all query positions, position 0 (one
+    key, entropy 0) included: a uniform head gives ``mean(log(t + 1), t < T)``.
+    """
 
     def __init__(self, d: int, n_head: int, head_dim: int, dropout: float) -> None:
         super().__init__()
@@ -78,9 +94,12 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("gain", torch.ones(inner))
         self.register_buffer("v_head", torch.arange(n_head).repeat_interleave(head_dim))  # [channels] long
         self.register_buffer("v_slot", torch.arange(head_dim).repeat(n_head))  # [channels] long
+        self.register_buffer("head_gate", torch.ones(n_head))  # [n_head] multiplies each head's output
         self.resid_drop = nn.Dropout(dropout)
         self.record = False
         self.last_abs: Tensor | None = None  # [channels]
+        self.record_entropy = False
+        self.last_entropy: Tensor | None = None  # [n_head] mean attention entropy (nats) of the last forward
         self._layout_key: tuple[int, ...] | None = None
         self._slots = head_dim
         self._scatter: Tensor | None = None  # [channels, H*m] one-hot, None when the layout is the identity
@@ -94,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         advanced-index scatter/gather, whose backward accumulates serially.
         """
         key = (self.v_slot.data_ptr(), self.v_slot._version, self.v_head.data_ptr(), self.v_head._version,
-               self.v_slot.numel())
+               self.v_slot.numel(), self.n_head)
         if key != self._layout_key:
             n = self.v_slot.numel()
             m = int(self.v_slot.max()) + 1 if n else 1
@@ -119,11 +138,46 @@ class CausalSelfAttention(nn.Module):
         v_pad = v if scatter is None else v @ scatter.to(v.dtype)
         y_pad = F.scaled_dot_product_attention(q, k, v_pad.view(b, t, h, m).transpose(1, 2), is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)  # [B, H, T, m]
+        if self.record_entropy:
+            self.last_entropy = _entropy(q.detach(), k.detach())
         y = y_pad.transpose(1, 2).reshape(b, t, h * m)
-        y = (y if scatter is None else y @ scatter.t().to(y.dtype)) * self.gain  # [B, T, channels]
+        gain = self.gain * self.head_gate.index_select(0, self.v_head)  # [channels]: head gate folded in
+        y = (y if scatter is None else y @ scatter.t().to(y.dtype)) * gain  # [B, T, channels]
         if self.record:
             self.last_abs = y.detach().abs().mean((0, 1))
         return self.resid_drop(self.o(y))
+
+    def head_count(self) -> int:
+        """Number of heads (``n_head``; q/k have ``n_head * head_dim`` rows)."""
+        return self.n_head
+
+    def resize_heads(self, n: int) -> None:
+        """``n`` heads with fresh zero q/k and a ones gate (values loaded after; channels: resize_to)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ParameterError("n_head", n, "an integer >= 1")
+        rows = n * self.head_dim
+        for lin in (self.q, self.k):
+            lin.weight = nn.Parameter(lin.weight.new_zeros(rows, lin.in_features))
+            lin.bias = nn.Parameter(lin.bias.new_zeros(rows))
+            lin.out_features = rows
+        self.head_gate = self.head_gate.new_ones(n)
+        self.n_head = n
+        self.last_entropy = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before head gates existed lack the key: load it as ones (no gating).
+        state_dict.setdefault(prefix + "head_gate", torch.ones_like(self.head_gate))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _entropy(q: Tensor, k: Tensor) -> Tensor:
+    """Entropy (nats) per head [H] of softmax(q k^T / sqrt(hd) + causal mask), q/k [B, H, T, hd],
+    averaged over batch and every query position (position 0 has one key: entropy 0)."""
+    t, hd = q.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # [B, H, T, T]
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu_(1)
+    probs = scores.masked_fill(future, float("-inf")).softmax(-1)
+    return torch.special.entr(probs).sum(-1).mean((0, 2))  # entr(0) = 0 for the masked keys
 
 
 class Block(nn.Module):
@@ -195,6 +249,31 @@ class CharTransformer(nn.Module):
                                  (f"{p}.attn.gain", f"{p}.attn.v_head", f"{p}.attn.v_slot")))
             out.append(UnitLayer(f"{p}.mlp", "ffn", i, f"{p}.mlp.fc", f"{p}.mlp.proj", (f"{p}.mlp.gain",)))
         return out
+
+    def attention_modules(self) -> dict[str, CausalSelfAttention]:
+        """Every attention module by path (``"blocks.{i}.attn"``), block order."""
+        return {f"blocks.{i}.attn": b.attn for i, b in enumerate(self.blocks)}
+
+    def head_counts(self) -> dict[str, int]:
+        """Heads per attention path (with :meth:`unit_counts`, the shapes a checkpoint must be rebuilt with)."""
+        return {p: a.head_count() for p, a in self.attention_modules().items()}
+
+    def resize_heads(self, counts: dict[str, int]) -> None:
+        """Give each attention path ``counts[path]`` fresh heads; with :meth:`resize_to` before
+        ``load_state_dict`` of a checkpoint taken after head surgery (then rebuild the optimizer)."""
+        attn = self.attention_modules()
+        unknown = sorted(set(counts) - set(attn))
+        if unknown:
+            raise ParameterError("counts", unknown, f"attention paths; valid: {list(attn)}")
+        for path, n in counts.items():
+            attn[path].resize_heads(n)
+
+    def set_entropy_recording(self, on: bool) -> None:
+        """Record every attention module's per-head entropy on the next forward passes (``last_entropy``)."""
+        for a in self.attention_modules().values():
+            a.record_entropy = on
+            if not on:
+                a.last_entropy = None
 
     def set_recording(self, on: bool) -> None:
         """Record every unit group's mean |output| on the next forward passes (``last_abs``)."""

@@ -1,6 +1,9 @@
 """MLflow sink: params at start, one batched metric write per epoch, artifacts at end.
 
-Generated text samples are logged as artifacts (``samples/<step>_<tag>.txt``) as they come.
+Generated text samples (``samples/<step>_<tag>.txt``) and structural decisions
+(``decisions/<step>_<kind>.json``, the step zero-padded to 8 digits so the files
+sort in run order) are logged as artifacts as they come; milestones are run tags
+(``milestone.<name>``).
 
 It talks through an explicit :class:`mlflow.MlflowClient`, never the fluent
 ``mlflow.start_run`` global state, so several runs in one process (sweeps,
@@ -86,7 +89,7 @@ class MlflowSink:
         """Event type -> handler (each marks the sink broken if it raises)."""
         table = {ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
                  ev.MetricSamples: self._on_samples, ev.TextSample: self._on_text_sample,
-                 ev.RunEnded: self._on_run_ended}
+                 ev.Decision: self._on_decision, ev.Milestone: self._on_milestone, ev.RunEnded: self._on_run_ended}
         return {etype: self._guard(fn) for etype, fn in table.items()}
 
     def _guard(self, fn: Any) -> Any:
@@ -163,7 +166,21 @@ class MlflowSink:
         # the tag's slashes become underscores so every sample sits in samples/.
         if self.run_id is None:
             return
-        self.client.log_text(self.run_id, e.text, f"samples/{e.step}_{_BAD_FILE.sub('_', e.tag)}.txt")
+        self.client.log_text(self.run_id, e.text, f"samples/{e.step:08d}_{_BAD_FILE.sub('_', e.tag)}.txt")
+
+    def _on_decision(self, e: ev.Decision) -> None:
+        # One JSON artifact per decision (a few per run): the record decisions.jsonl holds.
+        if self.run_id is None:
+            return
+        self.client.log_text(self.run_id, json.dumps(e.record(), indent=2, sort_keys=True) + "\n",
+                             f"decisions/{e.step:08d}_{e.kind}.json")
+
+    def _on_milestone(self, e: ev.Milestone) -> None:
+        # A tag, so runs can be searched by it (tags."milestone.warmup_stable" != "").
+        if self.run_id is None:
+            return
+        detail = f": {e.detail}" if e.detail else ""
+        self.client.set_tag(self.run_id, _key(f"milestone.{e.name}"), f"step {e.step}{detail}"[:MAX_VALUE])
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         if self.run_id is None:

@@ -6,10 +6,13 @@ numbers; ``history.jsonl`` gets one line per epoch, ``events.jsonl`` one line
 per lifecycle event, ``neurons.jsonl`` the full per-neuron signals of every
 layer each epoch (Prometheus only gets bounded per-layer summaries of them),
 ``samples.jsonl`` every family measurement (per-layer rank, per-class
-error, ...) with the step it was taken at, and ``text_samples.jsonl`` every
+error, ...) with the step it was taken at, ``text_samples.jsonl`` every
 text the model generated (its own file: readers of ``samples.jsonl`` expect
-one metric per row). JSONL files are flushed after each event, so a killed
-run keeps every row written before it died.
+one metric per row) and ``decisions.jsonl`` every structural decision with
+the scores that drove it (milestones are lifecycle events: ``events.jsonl``).
+JSONL files are flushed after each event, so a killed run keeps every row
+written before it died, and rewound to the checkpoint's epoch on a resume or
+rollback.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class ResultsSink:
         self._neurons = open(self.run_dir / "neurons.jsonl", "a", encoding="utf-8")
         self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
         self._texts = open(self.run_dir / "text_samples.jsonl", "a", encoding="utf-8")
+        self._decisions = open(self.run_dir / "decisions.jsonl", "a", encoding="utf-8")
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         """Event type -> handler."""
@@ -59,7 +63,7 @@ class ResultsSink:
                 ev.SinkFailed: self._event, ev.RunEnded: self._ended, ev.MetricSamples: self._measured,
                 ev.Rollback: self._rolled_back, ev.LossExplosion: self._event,
                 ev.StructuralChange: self._event, ev.StructuralImpact: self._event,
-                ev.TextSample: self._text}
+                ev.TextSample: self._text, ev.Milestone: self._event, ev.Decision: self._decision}
 
     def _write(self, final: bool = False) -> None:
         # Per-epoch rewrites skip fsync (the rename is atomic anyway); the final one syncs.
@@ -84,7 +88,7 @@ class ResultsSink:
         """
         for attr, name in (("_history", "history.jsonl"), ("_events", "events.jsonl"),
                            ("_neurons", "neurons.jsonl"), ("_samples", "samples.jsonl"),
-                           ("_texts", "text_samples.jsonl")):
+                           ("_texts", "text_samples.jsonl"), ("_decisions", "decisions.jsonl")):
             getattr(self, attr).close()
             path = self.run_dir / name
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -120,6 +124,11 @@ class ResultsSink:
         self._texts.write(json.dumps({"epoch": e.epoch, "step": e.step, "tag": e.tag, "text": e.text}) + "\n")
         self._texts.flush()
 
+    def _decision(self, e: ev.Decision) -> None:
+        # The payload is plain JSON (checked when the Decision was made): no cleaning needed.
+        self._decisions.write(json.dumps(e.record()) + "\n")
+        self._decisions.flush()
+
     def _event(self, e: Any) -> None:
         self._events.write(json.dumps(_clean({"event": type(e).__name__, **asdict(e)})) + "\n")
         self._events.flush()
@@ -131,5 +140,5 @@ class ResultsSink:
 
     def close(self) -> None:
         """Close the JSONL files."""
-        for fh in (self._history, self._events, self._neurons, self._samples, self._texts):
+        for fh in (self._history, self._events, self._neurons, self._samples, self._texts, self._decisions):
             fh.close()

@@ -3,7 +3,8 @@
 Sinks, alert rules, dashboards and the README's metric table all take their
 names from this list, and tests tie them together. Naming follows Prometheus
 conventions: one prefix, base units as suffixes, counters end in ``_total``,
-bounded labels only (seed ids and layer names; never a neuron index).
+bounded labels only (seed ids, layer names and attention-head slots, a few per
+layer and capped by the run's config; never a neuron index).
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ S = ("run_id", "seed", "layer")
 L = ("run_id", "layer")
 C = ("run_id", "class")
 Q = ("run_id", "layer", "quantile")
-SEEDS, NDL, LOP, APO = "seeds", "neurogenesis", "plasticity", "apoptosis"
+H = ("run_id", "layer", "head")
+SEEDS, NDL, LOP, APO, HEADS = "seeds", "neurogenesis", "plasticity", "apoptosis", "heads"
+#: Families on the char-level transformer: they share the language-model metrics.
+LM = (APO, HEADS)
 #: Structural-change kinds each family makes (bounds the ``kind`` label's values).
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     SEEDS: ("germinate", "blend_start", "blend_end", "fossilize", "cull", "seed_rollback"),
-    NDL: ("grow",), LOP: ("replace",), APO: ("apoptosis", "regrow", "grow")}
+    NDL: ("grow",), LOP: ("replace",), APO: ("apoptosis", "regrow", "grow"), HEADS: ("head_prune", "head_clone")}
 
 CATALOG: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "", ("version", "python_version", "torch_version"), "Engine build; value is always 1."),
@@ -136,9 +140,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("units_replaced_total", "counter", "", L, "Units re-initialised by continual backprop or ReDo.", families=(LOP,)),
     _m("diagnostics_seconds_total", "counter", "seconds", R, "Wall time spent computing probe diagnostics.", families=(LOP,)),
     # -- language models (char-level transformers): generic to every LM family --
-    _m("val_perplexity", "gauge", "", R, "Validation perplexity (exp of the validation loss) after the last evaluation.", families=(APO,)),
-    _m("tokens_per_second", "gauge", "", R, "Training tokens per second over the last evaluation interval.", families=(APO,)),
-    _m("text_samples_total", "counter", "", R, "Text samples generated from the model (at phase ends and after structural events).", families=(APO,)),
+    _m("val_perplexity", "gauge", "", R, "Validation perplexity (exp of the validation loss) after the last evaluation.", families=LM),
+    _m("tokens_per_second", "gauge", "", R, "Training tokens per second over the last evaluation interval.", families=LM),
+    _m("text_samples_total", "counter", "", R, "Text samples generated from the model (at phase ends and after structural events).", families=LM),
     # -- apoptosis: FFN units and attention value channels die, regrow and grow --
     _m("apoptosis_units_born_total", "counter", "", L, "Units born in the layer (regrowth or growth).", families=(APO,)),
     _m("apoptosis_units_died_total", "counter", "", L, "Units removed from the layer by apoptosis.", families=(APO,)),
@@ -147,9 +151,21 @@ CATALOG: tuple[MetricSpec, ...] = (
     _m("apoptosis_unit_age_steps", "gauge", "", Q, "Quantiles over the layer's alive units of their age in training steps.", families=(APO,)),
     _m("apoptosis_max_generation", "gauge", "", L, "Deepest lineage generation alive in the layer (0 = only original units).", families=(APO,)),
     _m("apoptosis_death_storm_limit", "gauge", "", R, "Deaths per training step (summed over layers, averaged over one minute) above which ApoptosisDeathStorm fires (0 = off).", families=(APO,)),
-    _m("perplexity_jump_ratio", "gauge", "ratio", R, "Validation perplexity at the first evaluation after the latest structural event over the perplexity at the evaluation just before it.", families=(APO,)),
-    _m("perplexity_jump_limit_ratio", "gauge", "ratio", R, "Perplexity ratio above which a structural event counts as a perplexity jump (0 = off).", families=(APO,)),
-    _m("perplexity_jumps_total", "counter", "", R, "Structural events after which the validation perplexity ratio exceeded its limit.", families=(APO,)),
+    _m("perplexity_jump_ratio", "gauge", "ratio", R, "Validation perplexity at the first evaluation after the latest structural event over the perplexity at the evaluation just before it.", families=LM),
+    _m("perplexity_jump_limit_ratio", "gauge", "ratio", R, "Perplexity ratio above which a structural event counts as a perplexity jump (0 = off).", families=LM),
+    _m("perplexity_jumps_total", "counter", "", R, "Structural events after which the validation perplexity ratio exceeded its limit.", families=LM),
+    # -- heads: attention heads pruned by importance or cloned (Net2Net) after warm-up --
+    _m("heads_alive", "gauge", "", L, "Attention heads in the layer.", families=(HEADS,)),
+    _m("head_importance_ratio", "gauge", "ratio", H, "Importance of the head at the last decision round: |dL/d gate| L2-normalised over the layer's heads (0-1; NaN for a slot without a head).", families=(HEADS,)),
+    _m("head_attention_entropy_nats", "gauge", "", H, "Mean entropy of the head's attention distributions at the last decision round, in nats (NaN for a slot without a head).", families=(HEADS,)),
+    _m("heads_pruned_total", "counter", "", L, "Attention heads removed from the layer by decision rounds.", families=(HEADS,)),
+    _m("heads_cloned_total", "counter", "", L, "Attention heads added to the layer by cloning an important head (Net2Net).", families=(HEADS,)),
+    _m("heads_decision_rounds_total", "counter", "", R, "Decision rounds run (each scores every head, then prunes or clones).", families=(HEADS,)),
+    _m("heads_warmup_stable", "gauge", "", R, "1 once warm-up stabilisation of the validation loss was detected (no decision before it), else 0.", families=(HEADS,)),
+    _m("heads_stable_step", "gauge", "", R, "Training step at which warm-up stabilisation was detected (-1 before).", families=(HEADS,)),
+    _m("heads_quality_ratio", "gauge", "ratio", R, "Validation loss of the model the run continues with after the last decision round (a rolled-back round: the restored model's) over the unpruned reference validation loss.", families=(HEADS,)),
+    _m("heads_quality_limit_ratio", "gauge", "ratio", R, "Quality ratio a decision round may not exceed: 1 + the allowed relative worsening of the validation loss.", families=(HEADS,)),
+    _m("heads_quality_breaches_total", "counter", "", R, "Decision rounds that left the validation loss above the quality limit (rolled back or not).", families=(HEADS,)),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}
@@ -175,12 +191,14 @@ def exposition_names(spec: MetricSpec) -> tuple[str, ...]:
 
 
 def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
-                  experiment: str = "seeds", n_classes: int = 0, n_phases: int = 2) -> int:
+                  experiment: str = "seeds", n_classes: int = 0, n_phases: int = 2, n_heads: int = 0) -> int:
     """Upper bound on series one run of ``experiment`` exports (documented in the README).
 
     ``n_layers`` counts values of the ``layer`` label (apoptosis: two per block,
     ``blocks.i.mlp`` and ``blocks.i.attn``); ``n_phases`` is the family's number
-    of training phases (``done`` is added).
+    of training phases (``done`` is added); ``n_heads`` is the most attention
+    heads a layer may hold (the heads family's cap: per-head series are slots
+    ``0 .. n_heads - 1`` of every layer).
     """
     from engine.telemetry.events import RUN_STATUSES, SEED_STATES, STRUCTURAL_KINDS
 
@@ -198,6 +216,8 @@ def series_budget(n_seeds: int, n_layers: int, topk: int, n_sinks: int,
             total += n_seeds * len(SEED_STATES)
         elif m.labels[1:2] == ("seed",):
             total += n_seeds
+        elif "head" in m.labels:  # per-head slots of every layer, bounded by the run's head cap
+            total += n_layers * n_heads
         elif "quantile" in m.labels:  # per-layer quantiles (activations, unit utility, unit age)
             total += n_layers * len(NEURON_QUANTILES)
         elif m.name.endswith("neuron_activation_topk"):

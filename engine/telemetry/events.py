@@ -12,19 +12,21 @@ from typing import Any
 
 import numpy as np
 
+from engine.telemetry import records as _records
+
 #: Terminal run statuses, as written to ``metrics.json`` and exported.
 RUN_STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 #: Lifecycle states of a morphogenetic seed.
 SEED_STATES = ("dormant", "training", "blending", "active", "fossilized", "failed")
 #: Training phases of every family (seeds: warm_up, adaptation; neurogenesis:
-#: base, incremental; plasticity: stream; apoptosis: train, then shift for a
-#: domain-shift stream), plus ``done`` after the run.
+#: base, incremental; plasticity: stream; apoptosis and heads: train, then shift
+#: for a domain-shift stream), plus ``done`` after the run.
 PHASES = ("warm_up", "adaptation", "base", "incremental", "stream", "train", "shift", "done")
 #: Kinds of structural change a mechanism can make (a bounded label value).
 #: Seeds: germinate, blend_start, blend_end, fossilize, cull, seed_rollback; neurogenesis:
 #: grow; continual backprop / ReDo: replace; apoptosis: apoptosis (a death), regrow
-#: (a replacement birth), grow (a growth birth); later families: prune, head_prune,
-#: head_clone.
+#: (a replacement birth), grow (a growth birth); heads: head_prune, head_clone (heads
+#: removed or added by a decision round); later families: prune.
 #: Kinds that end a subject's lifecycle (a seed kept or undone): its net effect is
 #: counted when one of them settles (see engine.training.impact).
 TERMINAL_KINDS = ("fossilize", "cull", "seed_rollback")
@@ -121,9 +123,11 @@ class MetricSamples:
     samples: tuple[Sample, ...]
 
 
-#: Longest ``TextSample.tag`` accepted: tags name files and TensorBoard tags, and are few per run.
-MAX_TEXT_TAG = 64
-_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_./-")
+# Named records (engine.telemetry.records) are events like the others, re-exported here;
+# TextSample tags follow their tag rule.
+Milestone = _records.Milestone
+Decision = _records.Decision
+MAX_TEXT_TAG = _records.MAX_TEXT_TAG
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,7 @@ class TextSample:
 
     def __post_init__(self) -> None:
         # Checked here, where the family creates it, not as a sink error at run time.
-        if not self.tag or len(self.tag) > MAX_TEXT_TAG or not set(self.tag) <= _TAG_CHARS \
-                or self.tag.startswith("/") or ".." in self.tag:
-            raise ValueError(f"text sample tag {self.tag!r}: 1-{MAX_TEXT_TAG} characters of [a-z0-9_./-], "
-                             "no leading '/' or '..'")
+        _records.check_tag("text sample tag", self.tag)
 
 
 @dataclass(frozen=True)
