@@ -41,7 +41,7 @@ class HeadsFamilyConfig(CharLMConfig):
     stable_window: int = Field(
         5, ge=2, le=10**4, description="Heads warm-up detection: evaluations the loss slope is fitted over.")
     stable_threshold: float = Field(
-        0.05, gt=0, le=10, description="Heads warm-up detection: relative slope (fraction the loss still "
+        0.1, gt=0, le=10, description="Heads warm-up detection: relative slope (fraction the loss still "
         "changes over one window) below which an evaluation counts as stable.")
     stable_patience: int = Field(
         2, ge=1, le=10**4, description="Heads warm-up detection: consecutive stable evaluations needed.")

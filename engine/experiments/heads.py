@@ -120,9 +120,12 @@ class HeadsExperiment:
             log.info("warm-up stabilised at step %d: structural decisions may start", self.step)
             events.append(Milestone(self.step, epoch, "warmup_stable",
                                     f"val loss {metrics['val_loss']:.4g} stable by the detector's rule"))
-        if self.detector.stable and not self.stopped and self.step - self.last_decision >= self.fam.decision_every:
-            events += self._decide(epoch, metrics["val_loss"])
         last = self.step in (self.fam.max_iters, self.fam.max_iters + self.fam.shift_iters)
+        # Never at a phase's last evaluation: nothing would train after it, and the run's final
+        # figures (this evaluation's) would not be the final model's.
+        if self.detector.stable and not self.stopped and not last \
+                and self.step - self.last_decision >= self.fam.decision_every:
+            events += self._decide(epoch, metrics["val_loss"])
         events += self.watch.due_samples(self.step, epoch, phase, last)
         events.append(MetricSamples(self.step, epoch, self._samples_now(metrics)))
         self.history.append({"step": self.step, "phase": phase, **{k: metrics[k] for k in sorted(metrics)},
