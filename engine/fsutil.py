@@ -1,10 +1,11 @@
-"""Small filesystem helpers: atomic writes so readers never see partial files."""
+"""Small filesystem helpers: atomic writes so readers never see partial files, CSV text."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
@@ -35,3 +36,15 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
 def atomic_write_text(path: Path, text: str, fsync: bool = True) -> None:
     """Text variant of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def csv_text(rows: list[dict[str, Any]], keys: list[str] | tuple[str, ...]) -> str:
+    """``rows`` as CSV text with header ``keys`` (missing values empty, extra keys ignored)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
-from engine.fsutil import atomic_write_bytes, atomic_write_text
+from engine.fsutil import atomic_write_bytes, atomic_write_text, csv_text
 
 LINEAGE_KEYS = ("group", "unit_id", "birth_step", "parent_id", "generation", "death_step", "cause")
-
-
-def _csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def write_apoptosis_artifacts(directory: Path, history: list[dict[str, Any]], lineage: list[dict[str, Any]],
@@ -26,8 +17,8 @@ def write_apoptosis_artifacts(directory: Path, history: list[dict[str, Any]], li
     """``history.csv`` (one row per evaluation), ``lineage.csv`` (every unit ever alive), ``samples.txt``,
     ``units.json`` (final unit counts) and ``curves.png`` in ``directory``."""
     keys = sorted({k for row in history for k in row}, key=lambda k: (k not in ("step", "phase"), k))
-    atomic_write_text(directory / "history.csv", _csv(history, keys))
-    atomic_write_text(directory / "lineage.csv", _csv(lineage, list(LINEAGE_KEYS)))
+    atomic_write_text(directory / "history.csv", csv_text(history, keys))
+    atomic_write_text(directory / "lineage.csv", csv_text(lineage, list(LINEAGE_KEYS)))
     atomic_write_text(directory / "samples.txt",
                       "".join(f"=== step {s['step']} ({s['tag']}) ===\n{s['text']}\n\n" for s in samples))
     atomic_write_text(directory / "units.json", json.dumps(units, indent=2, sort_keys=True) + "\n")

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.experiments._apoptosis_artifacts import _csv
-from engine.fsutil import atomic_write_bytes, atomic_write_text
+from engine.fsutil import atomic_write_bytes, atomic_write_text, csv_text
 
 
 def write_heads_artifacts(directory: Path, history: list[dict[str, Any]], decisions: list[dict[str, Any]],
@@ -15,7 +14,7 @@ def write_heads_artifacts(directory: Path, history: list[dict[str, Any]], decisi
     """``history.csv``, ``decisions.json`` (every round with its scores), ``importance.png`` (one panel per
     round: importance per layer and head), ``samples.txt`` and ``heads.json`` (final heads per layer)."""
     keys = sorted({k for row in history for k in row}, key=lambda k: (k not in ("step", "phase"), k))
-    atomic_write_text(directory / "history.csv", _csv(history, keys))
+    atomic_write_text(directory / "history.csv", csv_text(history, keys))
     atomic_write_text(directory / "decisions.json", json.dumps(decisions, indent=1) + "\n")
     atomic_write_text(directory / "samples.txt",
                       "".join(f"=== step {s['step']} ({s['tag']}) ===\n{s['text']}\n\n" for s in samples))

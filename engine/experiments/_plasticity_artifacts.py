@@ -3,31 +3,22 @@ final per-unit signals (NPZ) and PNG curves."""
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.fsutil import atomic_write_bytes, atomic_write_text
+from engine.fsutil import atomic_write_bytes, atomic_write_text, csv_text
 
 TASK_KEYS = ("task", "step", "online_loss", "online_accuracy", "val_loss", "val_accuracy", "units_replaced")
-
-
-def _csv(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def write_plasticity_artifacts(directory: Path, tasks: list[dict[str, Any]], diag_rows: list[dict[str, Any]],
                                diag_keys: tuple[str, ...], units: dict[str, np.ndarray]) -> None:
     """``tasks.csv``, ``diagnostics.csv``, ``units.npz`` and ``curves.png`` in ``directory``."""
-    atomic_write_text(directory / "tasks.csv", _csv(tasks, TASK_KEYS))
-    atomic_write_text(directory / "diagnostics.csv", _csv(diag_rows, diag_keys))
+    atomic_write_text(directory / "tasks.csv", csv_text(tasks, TASK_KEYS))
+    atomic_write_text(directory / "diagnostics.csv", csv_text(diag_rows, diag_keys))
     buf = io.BytesIO()
     np.savez_compressed(buf, **units)  # keys "<layer>/<signal>" -> [units]
     atomic_write_bytes(directory / "units.npz", buf.getvalue())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,8 +28,8 @@ from engine.config import RunConfig
 from engine.experiments._apoptosis_artifacts import write_apoptosis_artifacts
 from engine.experiments._apoptosis_config import TRAIN_DEFAULTS, ApoptosisFamilyConfig
 from engine.experiments._apoptosis_telemetry import group_samples, storm_limit
-from engine.experiments._char_lm import Batch, CharLM
-from engine.experiments._lm_watch import LMWatch
+from engine.experiments._char_family import CharFamily
+from engine.experiments._char_lm import Batch
 from engine.experiments.base import EpochReport, StepResult
 from engine.mechanisms.apoptosis import Apoptosis
 from engine.registry import register_experiment
@@ -44,33 +44,14 @@ __all__ = ["ApoptosisExperiment", "ApoptosisFamilyConfig"]
 @register_experiment("apoptosis", ApoptosisFamilyConfig,
                      "Char-level transformer with neuron apoptosis: five strategies, eleven layer patterns",
                      train_defaults=TRAIN_DEFAULTS)
-class ApoptosisExperiment:
+class ApoptosisExperiment(CharFamily):
     """Language model, apoptosis mechanism and their telemetry for one run."""
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
-        fam: ApoptosisFamilyConfig = cfg.family
-        self.cfg, self.fam, self.device = cfg, fam, device
-        self.lm = CharLM(cfg, fam, device)
-        self.watch = LMWatch(self.lm, fam.perplexity_jump_limit)
-        self.mech = Apoptosis(self.lm.model, fam.apoptosis, self.lm.gen)
-        self.storm_limit = storm_limit(self.mech, fam.death_storm_factor, 1.0)  # until a speed is measured
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self._announced = False
-        self._key = "a"  # corpus of the phase being trained
-
-    # -- schedule and data -------------------------------------------------------------
-    def phases(self) -> list[tuple[str, int]]:
-        """``train`` on corpus A, then ``shift`` on corpus B when ``shift_iters`` > 0."""
-        out = [("train", self.fam.max_iters // self.fam.eval_every)]
-        if self.fam.shift_iters:
-            out.append(("shift", self.fam.shift_iters // self.fam.eval_every))
-        return out
-
-    def batches(self, epoch: int, phase: str) -> Iterator[Batch]:
-        """``eval_every`` random windows of the phase's corpus."""
-        self._key = "a" if phase == "train" else "b"
-        return self.lm.batches(phase)
+        super().__init__(cfg, device)
+        self.fam: ApoptosisFamilyConfig = cfg.family
+        self.mech = Apoptosis(self.lm.model, self.fam.apoptosis, self.lm.gen)
+        self.storm_limit = storm_limit(self.mech, self.fam.death_storm_factor, 1.0)  # until a speed is measured
 
     # -- training --------------------------------------------------------------------------
     def compute_loss(self, batch: Batch, step: int) -> Tensor:
@@ -100,9 +81,6 @@ class ApoptosisExperiment:
             self.watch.structural()
         return StepResult(len(batch[0]), grad_norm, events)
 
-    def _epoch(self) -> int:
-        return max(self.step - 1, 0) // self.fam.eval_every
-
     def _probe(self) -> Batch:
         """The probe batch functional preservation measures ablations on (a fixed validation batch)."""
         x, y = self.lm.val_batch(self._key)
@@ -111,16 +89,14 @@ class ApoptosisExperiment:
     # -- evaluation ----------------------------------------------------------------------------
     def end_epoch(self, epoch: int, phase: str) -> EpochReport:
         """Validation loss and perplexity, perplexity jump after events, samples, per-group signals."""
-        first = epoch == 0 or (phase == "shift" and epoch == self.fam.max_iters // self.fam.eval_every)
+        first, last = self._phase_edges(epoch, phase)
         metrics = self.watch.evaluate(self._key, first, self.step)
         steps_per_minute = 60 * metrics["tokens_per_second"] / (self.cfg.train.batch_size * self.fam.block_size)
         if steps_per_minute > 0:
             self.storm_limit = storm_limit(self.mech, self.fam.death_storm_factor, steps_per_minute)
-        last = self.step in (self.fam.max_iters, self.fam.max_iters + self.fam.shift_iters)
         events: list[Any] = list(self.watch.due_samples(self.step, epoch, phase, last))
         events.append(MetricSamples(self.step, epoch, self._samples_now(metrics)))
-        self.history.append({"step": self.step, "phase": phase, **{k: metrics[k] for k in sorted(metrics)},
-                             **{f"units/{g}": n for g, n in self.lm.model.unit_counts().items()}})
+        self._record(phase, metrics, {f"units/{g}": n for g, n in self.lm.model.unit_counts().items()})
         return EpochReport(metrics, events, layers=self.watch.layer_signals(self._probe()[0]))
 
     def _samples_now(self, metrics: dict[str, float] | None = None) -> tuple[Sample, ...]:
@@ -128,18 +104,6 @@ class ApoptosisExperiment:
                      + group_samples(self.mech))
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def parameter_count(self) -> int:
-        """Model parameters (changes with growth and pruning)."""
-        return self.lm.parameter_count()
-
-    def learning_rate(self) -> float:
-        """The optimizer's current (scheduled) rate."""
-        return self.lm.learning_rate()
-
-    def scale_learning_rate(self, factor: float) -> None:
-        """Scale the schedule's base rate (rollbacks, fault drill)."""
-        self.lm.scale_learning_rate(factor)
-
     def manifest(self) -> dict[str, Any]:
         """The corpora (sources, sizes, SHA-256, attribution) and the unit groups the pattern selected."""
         return {**self.lm.corpus.manifest(), "unit_groups": self.lm.model.unit_counts(),
@@ -152,15 +116,10 @@ class ApoptosisExperiment:
 
     def state_dict(self) -> dict[str, Any]:
         """Model (with its unit counts), optimizer, generators, mechanism, watch and history."""
-        return {"lm": self.lm.state_dict(), "mechanism": self.mech.state_dict(), "watch": self.watch.state_dict(),
-                "step": self.step, "history": [dict(h) for h in self.history], "storm_limit": self.storm_limit}
+        return {**self._base_state(), "mechanism": self.mech.state_dict(), "storm_limit": self.storm_limit}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the model is rebuilt at the checkpoint's unit counts first)."""
-        self.lm.load_state_dict(state["lm"])
+        self._load_base_state(state)
         self.mech.load_state_dict(state["mechanism"])
-        self.watch.load_state_dict(state["watch"])
-        self.step = int(state["step"])
-        self.history = [dict(h) for h in state["history"]]
         self.storm_limit = float(state["storm_limit"])
-        self._announced = False

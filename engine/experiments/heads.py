@@ -30,16 +30,16 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from engine.config import RunConfig
-from engine.experiments._char_lm import Batch, CharLM
+from engine.experiments._char_family import CharFamily
+from engine.experiments._char_lm import Batch
 from engine.experiments._heads_artifacts import write_heads_artifacts
 from engine.experiments._heads_config import TRAIN_DEFAULTS, HeadsFamilyConfig
-from engine.experiments._lm_watch import LMWatch
 from engine.experiments.base import EpochReport, StepResult
 from engine.mechanisms.head_importance import attention_entropy, head_importance, prune_order
 from engine.mechanisms.head_plans import CloneHead, PruneHeads
@@ -56,18 +56,15 @@ __all__ = ["HeadsExperiment", "HeadsFamilyConfig"]
 @register_experiment("heads", HeadsFamilyConfig,
                      "Char-level transformer with attention-head importance, warm-up detection, prune and clone",
                      train_defaults=TRAIN_DEFAULTS)
-class HeadsExperiment:
+class HeadsExperiment(CharFamily):
     """Language model, warm-up detector, decision rounds and their telemetry for one run."""
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
         fam: HeadsFamilyConfig = cfg.family
-        self.cfg, self.fam, self.device = cfg, fam, device
-        self.lm = CharLM(cfg, fam, device)
-        self.watch = LMWatch(self.lm, fam.perplexity_jump_limit)
+        self.fam = fam
         self.detector = WarmupDetector(fam.stable_window, fam.stable_threshold, fam.stable_patience)
         self.attn = [f"blocks.{i}.attn" for i in range(fam.n_layer)]
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
         self.pruned = {a: 0 for a in self.attn}
         self.cloned = {a: 0 for a in self.attn}
@@ -77,22 +74,8 @@ class HeadsExperiment:
         self.stopped = fam.head_mode == "none"
         self.last_decision = -(10**9)
         self.scores: dict[str, dict[str, list[float]]] = {}  # last round's importance / entropy per layer
-        self._key = "a"
-        self._announced = False
 
-    # -- schedule and training -------------------------------------------------------------
-    def phases(self) -> list[tuple[str, int]]:
-        """``train`` on corpus A, then ``shift`` on corpus B when ``shift_iters`` > 0."""
-        out = [("train", self.fam.max_iters // self.fam.eval_every)]
-        if self.fam.shift_iters:
-            out.append(("shift", self.fam.shift_iters // self.fam.eval_every))
-        return out
-
-    def batches(self, epoch: int, phase: str) -> Iterator[Batch]:
-        """``eval_every`` random windows of the phase's corpus."""
-        self._key = "a" if phase == "train" else "b"
-        return self.lm.batches(phase)
-
+    # -- training ---------------------------------------------------------------------------------
     def compute_loss(self, batch: Batch, step: int) -> Tensor:
         """Next-character cross-entropy."""
         return self.lm.loss(batch)
@@ -107,20 +90,16 @@ class HeadsExperiment:
             events.append(MetricSamples(self.step, self._epoch(), self._samples_now()))
         return StepResult(len(batch[0]), grad_norm, events)
 
-    def _epoch(self) -> int:
-        return max(self.step - 1, 0) // self.fam.eval_every
-
     # -- evaluation and decisions --------------------------------------------------------------
     def end_epoch(self, epoch: int, phase: str) -> EpochReport:
         """Evaluate, watch warm-up, maybe run a decision round, report."""
-        first = epoch == 0 or (phase == "shift" and epoch == self.fam.max_iters // self.fam.eval_every)
+        first, last = self._phase_edges(epoch, phase)
         metrics = self.watch.evaluate(self._key, first, self.step)
         events: list[Any] = []
         if self.detector.observe(self.step, metrics["val_loss"]):
             log.info("warm-up stabilised at step %d: structural decisions may start", self.step)
             events.append(Milestone(self.step, epoch, "warmup_stable",
                                     f"val loss {metrics['val_loss']:.4g} stable by the detector's rule"))
-        last = self.step in (self.fam.max_iters, self.fam.max_iters + self.fam.shift_iters)
         # Never at a phase's last evaluation: nothing would train after it, and the run's final
         # figures (this evaluation's) would not be the final model's.
         if self.detector.stable and not self.stopped and not last \
@@ -128,8 +107,7 @@ class HeadsExperiment:
             events += self._decide(epoch, metrics["val_loss"])
         events += self.watch.due_samples(self.step, epoch, phase, last)
         events.append(MetricSamples(self.step, epoch, self._samples_now(metrics)))
-        self.history.append({"step": self.step, "phase": phase, **{k: metrics[k] for k in sorted(metrics)},
-                             **{f"heads/{a}": n for a, n in self._heads().items()}})
+        self._record(phase, metrics, {f"heads/{a}": n for a, n in self._heads().items()})
         x, _ = self.lm.val_batch(self._key)
         return EpochReport(metrics, events, layers=self.watch.layer_signals(x))
 
@@ -249,18 +227,6 @@ class HeadsExperiment:
         return tuple(out)
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def parameter_count(self) -> int:
-        """Model parameters (changes as heads are pruned or cloned)."""
-        return self.lm.parameter_count()
-
-    def learning_rate(self) -> float:
-        """The optimizer's current (scheduled) rate."""
-        return self.lm.learning_rate()
-
-    def scale_learning_rate(self, factor: float) -> None:
-        """Scale the schedule's base rate (rollbacks, fault drill)."""
-        self.lm.scale_learning_rate(factor)
-
     def manifest(self) -> dict[str, Any]:
         """The corpora (sources, sizes, SHA-256, attribution) and the initial heads per layer."""
         return {**self.lm.corpus.manifest(), "heads": self._heads()}
@@ -271,23 +237,18 @@ class HeadsExperiment:
 
     def state_dict(self) -> dict[str, Any]:
         """Model (with its head and unit counts), optimizer, generators, detector, watch and decisions."""
-        return {"lm": self.lm.state_dict(), "watch": self.watch.state_dict(), "detector": self.detector.state_dict(),
-                "step": self.step, "history": [dict(h) for h in self.history],
+        return {**self._base_state(), "detector": self.detector.state_dict(),
                 "decisions": copy.deepcopy(self.decisions), "pruned": dict(self.pruned), "cloned": dict(self.cloned),
                 "breaches": self.breaches, "reference": self.reference, "quality_ratio": self.quality_ratio,
                 "stopped": self.stopped, "last_decision": self.last_decision, "scores": copy.deepcopy(self.scores)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the model is rebuilt at the checkpoint's shapes first)."""
-        self.lm.load_state_dict(state["lm"])
-        self.watch.load_state_dict(state["watch"])
+        self._load_base_state(state)
         self.detector.load_state_dict(state["detector"])
-        self.step = int(state["step"])
-        self.history = [dict(h) for h in state["history"]]
         self.decisions = copy.deepcopy(state["decisions"])
         self.pruned, self.cloned = dict(state["pruned"]), dict(state["cloned"])
         self.breaches, self.reference = int(state["breaches"]), state["reference"]
         self.quality_ratio, self.stopped = float(state["quality_ratio"]), bool(state["stopped"])
         self.last_decision = int(state["last_decision"])
         self.scores = copy.deepcopy(state["scores"])
-        self._announced = False
