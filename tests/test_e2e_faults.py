@@ -19,7 +19,7 @@ scenario                   what happens to the run                              
 ``perplexity_jump``        apoptosis drill: 90% of every group's most useful      PerplexityJumpAfterChange
                            units die at once
 ``quality_breach``         heads: a pruning round leaves the val loss above the   HeadsPrunedPastQuality
-                           quality limit (rolled back, pruning stops)
+                           quality limit and is kept (pruning stops)
 ``exception``              an exception in the training loop                      RunFailed
 ``healthy``                a normal short run                                     none
 ``rollback``               NaN loss answered by ``--on_diverge rollback``         none
@@ -127,14 +127,14 @@ FAMILY_ARGS = {
                         harm=[*TINY_APOPTOSIS[2:], "--max_iters", "400", "--apoptosis_drill_step", "300",
                               "--apoptosis_drill_fraction", "0.9"]),
     # The same model with four heads per block; harm: the first pruning round (~step 50) removes half
-    # the heads with no tolerance: a breach, rolled back, pruning stops.
+    # the heads with no tolerance: a breach, kept (a rolled-back breach is the designed stop, no page).
     "heads": Family(short=[*TINY_HEADS[2:], "--max_iters", "60"],
                     mid=[*TINY_HEADS[2:], "--max_iters", "4000", "--head_mode", "none"], step=1500,
                     long=[*TINY_HEADS[2:], "--max_iters", "10000000", "--head_mode", "none"],
                     blowup=[*TINY_HEADS[2:], "--max_iters", "200", "--fault_lr_scale_step", "100",
                             "--fault_lr_scale", "1000"],
                     harm=[*TINY_HEADS[2:], "--max_iters", "150", "--prune_fraction", "0.5",
-                          "--quality_tolerance", "0"]),
+                          "--quality_tolerance", "0", "--breach_action", "keep"]),
 }
 
 

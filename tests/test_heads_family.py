@@ -70,6 +70,9 @@ def test_a_breach_is_rolled_back_and_stops_pruning(tmp_path: Path) -> None:
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     breaches = [s["value"] for s in samples if s["metric"] == "heads_quality_breaches_total"]
     assert breaches[0] == 0 and breaches[-1] == 1 and m["val_loss"] > 0
+    # The run continues with the restored model: its ratio is back at the limit (no page for the designed stop).
+    ratios = [s["value"] for s in samples if s["metric"] == "heads_quality_ratio"]
+    assert ratios[-1] == 1.0 and d["continued_quality_ratio"] == 1.0
 
 
 def test_cloning_keeps_the_function_and_adds_heads(tmp_path: Path) -> None:

@@ -152,6 +152,9 @@ class HeadsExperiment(CharFamily):
                             1 + self.fam.quality_tolerance, outcome.replace("_", " "))
                 if self.fam.breach_action == "rollback" and snapshot is not None:
                     self.lm.load_state_dict(snapshot)
+                    # The run continues with the restored model: its ratio is the figure
+                    # HeadsPrunedPastQuality reads (a rolled-back breach is the designed stop).
+                    self.quality_ratio = val_before / self.reference
         changed = [] if outcome == "rolled_back" else plans
         counts = self.pruned if self.fam.head_mode == "prune" else self.cloned
         per_layer: dict[str, int] = {}
@@ -165,7 +168,9 @@ class HeadsExperiment(CharFamily):
                    "changes": [self._describe(p) for p in plans],
                    "importance": self.scores, "importance_raw": {a: raw[a].tolist() for a in self.attn},
                    "val_loss_before": val_before, "val_loss_after": val_after,
-                   "reference_val_loss": self.reference, "quality_ratio": self.quality_ratio,
+                   "reference_val_loss": self.reference,
+                   "quality_ratio": val_after / self.reference if self.reference else 1.0,
+                   "continued_quality_ratio": self.quality_ratio,
                    "quality_limit": 1 + self.fam.quality_tolerance, "seconds": seconds,
                    "cost_steps": seconds / max(self.lm.seconds_per_step(), 1e-9)}
         self.decisions.append({"step": self.step, **payload})
