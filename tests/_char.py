@@ -7,7 +7,12 @@ test downloads anything.
 
 from __future__ import annotations
 
-from _e2e import ROOT
+import os
+import signal
+from pathlib import Path
+
+import torch
+from _e2e import ROOT, Proc, read_jsonl, run, run_dir_in, start, stop, wait_for
 
 SLICE = str(ROOT / "tests" / "data" / "shakespeare_slice.txt")
 #: The apoptosis family on a 2-block, width-32, context-16 model; 10 steps per evaluation,
@@ -23,3 +28,29 @@ TINY_HEADS = ["--experiment", "heads", "--text_file", SLICE, "--n_layer", "2", "
               "--block_size", "16", "--eval_every", "10", "--eval_iters", "4", "--sample_chars", "40",
               "--warmup_iters", "10", "--lr", "3e-3", "--stable_window", "3", "--stable_threshold", "0.5",
               "--stable_patience", "1", "--decision_every", "30", "--importance_batches", "2"]
+
+
+def kill_after_evaluations(flags: list[str], tmp_path: Path, evaluations: int) -> tuple[Path, Path, dict]:
+    """Run A uninterrupted and B (same flags) killed with SIGKILL after ``evaluations`` evaluations,
+    then resumed; returns (A's run dir, B's run dir, B's checkpoint as it was when killed)."""
+    a: Proc | None = None
+    b: Proc | None = None
+    try:
+        a = start(flags + ["--output_dir", str(tmp_path / "a")], tmp_path / "logs_a")
+        b = start(flags + ["--output_dir", str(tmp_path / "b")], tmp_path / "logs_b")
+        b_dir = wait_for("run B's dir", lambda: run_dir_in(tmp_path / "b"), timeout=120, proc=b)
+        history = b_dir / "history.jsonl"
+        wait_for(f"{evaluations} evaluations", lambda: history.exists() and len(read_jsonl(history)) >= evaluations,
+                 timeout=240, interval=0.01, proc=b)
+        os.kill(b.pid, signal.SIGKILL)
+        assert b.wait(timeout=10) == -signal.SIGKILL
+        assert a.wait(timeout=300) == 0, a.err()[-3000:]
+    finally:
+        stop(a)
+        stop(b)
+    ckpt = torch.load(b_dir / "checkpoint.pt", weights_only=False)
+    r = run(["--resume", str(b_dir)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a_dir = run_dir_in(tmp_path / "a")
+    assert a_dir is not None
+    return a_dir, b_dir, ckpt

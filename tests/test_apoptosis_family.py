@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import signal
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from _char import TINY_APOPTOSIS
-from _e2e import Proc, read_json, read_jsonl, run, run_dir_in, start, stop, wait_for
+from _char import TINY_APOPTOSIS, kill_after_evaluations
+from _e2e import read_json, read_jsonl, run, run_dir_in
 
 TINY = [*TINY_APOPTOSIS, "--metrics_port", "0", "--console", "off", "--threads", "1", "--seed", "5"]
 
@@ -101,28 +98,10 @@ def test_sigkill_mid_fade_then_resume_equals_uninterrupted(tmp_path: Path) -> No
     """Hybrid turnover changes shapes (births before the fading units go) and keeps fades in flight."""
     flags = [*TINY, "--max_iters", "80", "--apoptosis_strategy", "hybrid", "--fade_steps", "15",
              "--layer_pattern", "ffn_and_attention", "--no_tensorboard"]
-    a: Proc | None = None
-    b: Proc | None = None
-    try:
-        a = start(flags + ["--output_dir", str(tmp_path / "a")], tmp_path / "logs_a")
-        b = start(flags + ["--output_dir", str(tmp_path / "b")], tmp_path / "logs_b")
-        b_dir = wait_for("run B's dir", lambda: run_dir_in(tmp_path / "b"), timeout=120, proc=b)
-        wait_for("four evaluations", lambda: len(read_jsonl(b_dir / "history.jsonl")) >= 4 if
-                 (b_dir / "history.jsonl").exists() else False, timeout=180, interval=0.01, proc=b)
-        os.kill(b.pid, signal.SIGKILL)
-        assert b.wait(timeout=10) == -signal.SIGKILL
-        assert a.wait(timeout=240) == 0, a.err()[-3000:]
-    finally:
-        stop(a)
-        stop(b)
-    ckpt = torch.load(b_dir / "checkpoint.pt", weights_only=False)
+    a_dir, b_dir, ckpt = kill_after_evaluations(flags, tmp_path, 4)
     assert 3 <= ckpt["trainer"]["epoch"] < 8
     groups = ckpt["experiment"]["mechanism"]["groups"]
     assert any(any(s >= 0 for s in g["fade_start"]) for g in groups.values()), "no fade in flight at the checkpoint"
-    r = run(["--resume", str(b_dir)], timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a_dir = run_dir_in(tmp_path / "a")
-    assert a_dir is not None
     ma, mb = read_json(a_dir / "metrics.json")["metrics"], read_json(b_dir / "metrics.json")["metrics"]
     for key in ("val_loss", "train_loss", "grad_norm", "steps", "parameters", "val_perplexity"):
         assert math.isclose(ma[key], mb[key], rel_tol=0, abs_tol=1e-7), (key, ma[key], mb[key])

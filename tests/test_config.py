@@ -33,7 +33,7 @@ def test_flat_keys_are_unique_across_sections(experiment: str) -> None:
     ({"batch_size": "abc"}, "batch_size", "integer"),
     ({"problem_type": "foo"}, "problem_type", "'spirals'"),
     ({"lrr": 1}, "lrr", "allowed: acc_threshold"),
-    ({"experiment": "nope"}, "experiment", "allowed: neurogenesis, plasticity, seeds"),
+    ({"experiment": "nope"}, "experiment", "allowed: apoptosis, heads, neurogenesis, plasticity, seeds"),
     ({"train_frac": 1.5}, "train_frac", "less than 1"),
     ({"device": "tpu"}, "device", "'cuda'"),
     ({"seeds_per_layer": 40, "hidden_dim": 16}, "seeds_per_layer", "hidden_dim (16)"),
@@ -98,4 +98,4 @@ def test_help_shows_each_familys_default_where_they_differ() -> None:
 
     text = " ".join(CliRunner().invoke(cli, ["--help"], terminal_width=400).output.split())
     assert "[default: neurogenesis: 0.2, plasticity: 0.1] (neurogenesis, plasticity only)" in text  # heldout_frac
-    assert "[default: 0.003; neurogenesis: 0.003, plasticity: 0.1]" in text  # lr: family train defaults
+    assert "[default: 0.003; apoptosis: 0.001, heads: 0.001, neurogenesis: 0.003, plasticity: 0.1]" in text  # lr

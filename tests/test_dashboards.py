@@ -410,7 +410,8 @@ def test_required_heads_panels(dashboards: dict[str, Dash]) -> None:
         assert target["expr"].startswith(f"max by (run_id, layer, head) (plasticity_{short}{{")
         assert target["expr"].endswith("} >= 0)"), target["expr"]  # NaN slots (heads pruned since) dropped
         assert "{{head}}" in target["legendFormat"]
-    assert titles["Head importance"]["type"] == "bargauge" and titles["Head importance over rounds"]["type"] == "heatmap"
+    assert titles["Head importance"]["type"] == "bargauge"
+    assert titles["Head importance over rounds"]["type"] == "heatmap"
     # What HeadsPrunedPastQuality compares: the ratio against its (dashed) limit.
     quality = [t["expr"] for t in titles["Quality ratio vs limit"]["targets"]]
     assert "plasticity_heads_quality_ratio{" in quality[0] and "plasticity_heads_quality_limit_ratio{" in quality[1]

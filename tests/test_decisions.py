@@ -118,7 +118,8 @@ def test_results_resume_and_rollback_rewind_decisions(tmp_path: Path) -> None:
     bus.attach(ResultsSink(tmp_path))
     _publish(bus, tmp_path, start_epoch=7, items=[again])
     bus.close()
-    assert [(r["epoch"], r["payload"]["round"]) for r in _rows(tmp_path / "decisions.jsonl")] == [(3, 1), (6, 2), (9, 3)]
+    rows = _rows(tmp_path / "decisions.jsonl")
+    assert [(r["epoch"], r["payload"]["round"]) for r in rows] == [(3, 1), (6, 2), (9, 3)]
     assert _rows(tmp_path / "decisions.jsonl")[-1]["payload"]["cloned_head"] == 2
     # A rollback to epoch 3 drops the rows of epochs 3 on (they run again), milestones before it stay.
     bus = EventBus(strict=True)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
-import torch
-from _char import TINY_HEADS
-from _e2e import Proc, read_json, read_jsonl, run, run_dir_in, start, stop, wait_for
+from _char import TINY_HEADS, kill_after_evaluations
+from _e2e import read_json, read_jsonl, run, run_dir_in
 
 TINY = [*TINY_HEADS, "--metrics_port", "0", "--console", "off", "--threads", "1", "--seed", "5"]
 
@@ -90,27 +87,9 @@ def test_cloning_keeps_the_function_and_adds_heads(tmp_path: Path) -> None:
 def test_sigkill_after_pruning_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     flags = [*TINY, "--max_iters", "150", "--prune_fraction", "0.25", "--quality_tolerance", "1.0",
              "--no_tensorboard"]
-    a: Proc | None = None
-    b: Proc | None = None
-    try:
-        a = start(flags + ["--output_dir", str(tmp_path / "a")], tmp_path / "logs_a")
-        b = start(flags + ["--output_dir", str(tmp_path / "b")], tmp_path / "logs_b")
-        b_dir = wait_for("run B's dir", lambda: run_dir_in(tmp_path / "b"), timeout=120, proc=b)
-        # Rounds run from ~step 50 every 30 steps: ten evaluations hold at least one in a checkpoint.
-        wait_for("ten evaluations", lambda: (b_dir / "history.jsonl").exists()
-                 and len(read_jsonl(b_dir / "history.jsonl")) >= 10, timeout=240, interval=0.01, proc=b)
-        os.kill(b.pid, signal.SIGKILL)
-        assert b.wait(timeout=10) == -signal.SIGKILL
-        assert a.wait(timeout=300) == 0, a.err()[-3000:]
-    finally:
-        stop(a)
-        stop(b)
-    ckpt = torch.load(b_dir / "checkpoint.pt", weights_only=False)
+    # Rounds run from ~step 50 every 30 steps: ten evaluations hold at least one in a checkpoint.
+    a_dir, b_dir, ckpt = kill_after_evaluations(flags, tmp_path, 10)
     assert sum(ckpt["experiment"]["pruned"].values()) > 0, "killed before any pruning reached a checkpoint"
-    r = run(["--resume", str(b_dir)], timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a_dir = run_dir_in(tmp_path / "a")
-    assert a_dir is not None
     ma, mb = read_json(a_dir / "metrics.json")["metrics"], read_json(b_dir / "metrics.json")["metrics"]
     for key in ("val_loss", "train_loss", "grad_norm", "steps", "parameters", "val_perplexity"):
         assert math.isclose(ma[key], mb[key], rel_tol=0, abs_tol=1e-7), (key, ma[key], mb[key])
