@@ -48,4 +48,9 @@ class HeadsFamilyConfig(CharLMConfig):
 
 
 #: The family's defaults for the shared ``train`` section (flags still win): nanoGPT's CPU configuration.
-TRAIN_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "batch_size": 12}
+#: A pruning round worsens the validation loss by design, up to quality_tolerance (5%), so
+#: structural-change accounting counts a round harmful only beyond that; the net change is off
+#: (impact_net_limit 0): the family's own quality ratio against the unpruned model, with its alert
+#: HeadsPrunedPastQuality, is the net measure.
+TRAIN_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "batch_size": 12, "impact_tolerance": 0.05,
+                  "impact_net_limit": 0.0}
