@@ -73,7 +73,7 @@ SWEEP = "faults"
 MAX_BUSY = 8  # runs starting up or training at once (lingering, killed and stopped ones do not count)
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
 GRACE = 3.0  # s after the last expected page for stray messages (fast stack: group_interval 1 s)
-DEADLINE = 270.0  # s for the whole schedule
+DEADLINE = 420.0  # s for the whole schedule (five families, two cores)
 #: (signalled, production stack) -> s after the signal (else after the exit) to give up on a page:
 #: TargetDown holds 1 min; an ended run's alert fires within a scrape + an evaluation + group_wait.
 PAGE_TIMEOUT = {(True, False): 120.0, (False, False): 30.0, (False, True): 60.0}
