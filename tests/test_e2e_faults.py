@@ -120,7 +120,7 @@ FAMILY_ARGS = {
     # AdamW at 1000x for the blow-up: the train loss reaches ~36x its baseline. The drill kills 90%
     # of every group's most useful units at step 300 (a mechanism gone wrong): perplexity x2.1.
     "apoptosis": Family(short=[*TINY_APOPTOSIS[2:], "--max_iters", "60"],
-                        mid=[*TINY_APOPTOSIS[2:], "--max_iters", "4000"], step=1500,
+                        mid=[*TINY_APOPTOSIS[2:], "--max_iters", "800"], step=300,
                         long=[*TINY_APOPTOSIS[2:], "--max_iters", "10000000"],
                         blowup=[*TINY_APOPTOSIS[2:], "--max_iters", "200", "--fault_lr_scale_step", "100",
                                 "--fault_lr_scale", "1000"],
@@ -129,7 +129,7 @@ FAMILY_ARGS = {
     # The same model with four heads per block; harm: the first pruning round (~step 50) removes half
     # the heads with no tolerance: a breach, kept (a rolled-back breach is the designed stop, no page).
     "heads": Family(short=[*TINY_HEADS[2:], "--max_iters", "60"],
-                    mid=[*TINY_HEADS[2:], "--max_iters", "4000", "--head_mode", "none"], step=1500,
+                    mid=[*TINY_HEADS[2:], "--max_iters", "800", "--head_mode", "none"], step=300,
                     long=[*TINY_HEADS[2:], "--max_iters", "10000000", "--head_mode", "none"],
                     blowup=[*TINY_HEADS[2:], "--max_iters", "200", "--fault_lr_scale_step", "100",
                             "--fault_lr_scale", "1000"],
