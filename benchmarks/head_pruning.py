@@ -40,7 +40,7 @@ def _curve(lm, order: str, seed: int, batches, min_heads: int) -> tuple[list[flo
     """Val loss after 0, 1, 2, ... removals in ``order``, and the seconds of each decision round."""
     import torch
 
-    from engine.mechanisms.head_importance import attention_entropy, head_importance, prune_order
+    from engine.mechanisms.head_importance import attention_entropy, entropy_order, head_importance, prune_order
     from engine.mechanisms.head_plans import PruneHeads
     from engine.surgery import apply_plan
 
@@ -60,9 +60,9 @@ def _curve(lm, order: str, seed: int, batches, min_heads: int) -> tuple[list[flo
         else:
             if order == "importance":
                 scores, _ = head_importance(model, batches)
-            else:  # highest entropy first: negate so prune_order (lowest first) takes it
-                scores = {a: -e for a, e in attention_entropy(model, batches).items()}
-            (layer, head), = prune_order(scores, 1, min_heads)
+                (layer, head), = prune_order(scores, 1, min_heads)
+            else:  # highest entropy first
+                (layer, head), = entropy_order(attention_entropy(model, batches), 1, min_heads)
             orig = alive[layer][head]
         apply_plan(model, None, PruneHeads(layer, (head,)))
         alive[layer].remove(orig)

@@ -61,10 +61,6 @@ class CharLM:
         return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, lm.beta2))
 
     # -- schedule ---------------------------------------------------------------------
-    def phase_of(self, step: int) -> str:
-        """``train`` for corpus A's steps, ``shift`` after them."""
-        return "train" if step < self.lm.max_iters else "shift"
-
     def lr_at(self, step: int) -> float:
         """Learning rate of 0-based ``step``: linear warm-up, cosine to min_lr_ratio, per phase."""
         lm = self.lm

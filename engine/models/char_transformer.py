@@ -268,13 +268,6 @@ class CharTransformer(nn.Module):
         for path, n in counts.items():
             attn[path].resize_heads(n)
 
-    def set_entropy_recording(self, on: bool) -> None:
-        """Record every attention module's per-head entropy on the next forward passes (``last_entropy``)."""
-        for a in self.attention_modules().values():
-            a.record_entropy = on
-            if not on:
-                a.last_entropy = None
-
     def set_recording(self, on: bool) -> None:
         """Record every unit group's mean |output| on the next forward passes (``last_abs``)."""
         for m in self.modules():
