@@ -68,7 +68,7 @@ def test_file_sd_run_label_is_the_run_id_the_trial_reports(tmp_path: Path) -> No
     (run_dir,) = sweep_dir.glob("run_001_*")
     identity = json.loads((run_dir / "identity.json").read_text())
     labels = group["labels"]
-    assert labels == {"sweep": "live", "run": identity["run_id"], "trial": "001"}
+    assert labels == {"sweep": "live", "run": identity["run_id"], "trial": "001", "node": "local"}
     (info,) = live
     assert info[0]["run_id"] == identity["run_id"] and info[0]["config_hash"] == identity["config_hash"]
     assert json.loads((run_dir / "metrics.json").read_text())["run_id"] == identity["run_id"]

@@ -199,7 +199,7 @@ def test_rows_in_order_failed_trial_does_not_stop_sweep_and_file_sd(tmp_path: Pa
     # While trial 1 ran, its endpoint (0.0.0.0 -> 127.0.0.1) was a target with
     # the three labels; later snapshots (trial 3 running) no longer have it.
     entry1 = {"targets": [f"127.0.0.1:{port1}"],
-              "labels": {"sweep": "demo", "run": ids[0]["run_id"], "trial": "001"}}
+              "labels": {"sweep": "demo", "run": ids[0]["run_id"], "trial": "001", "node": "local"}}
     first = next(i for i, s in enumerate(sweep.snapshots) if entry1 in s)
     later = [s for s in sweep.snapshots[first:] if any(e["labels"]["trial"] == "003" for e in s)]
     assert later and all(entry1 not in s and len(s) == 1 for s in later)

@@ -1,4 +1,4 @@
-"""Run sweep trials as subprocesses, ``parallel`` at a time, in one poll loop.
+"""Run sweep trials through an executor (subprocesses by default), ``parallel`` at a time.
 
 Each trial gets ``<sweep_dir>/run_<NNN>_<config_hash>/`` with its ``config.yaml``
 (metrics port pre-picked, ``auto_port`` on) and ``identity.json`` (its unique
@@ -16,16 +16,16 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Collection
+from typing import Any, Callable, Collection
 
 from engine.config import dump_yaml, parameters
 from engine.identity import RunIdentity, ensure_identity
+from engine.sweep.executor import Executor, LocalExecutor, TrialHandle
 from engine.sweep.file_sd import TargetsFile
 from engine.sweep.grid import Trial
 from engine.sweep.summary import METRIC_COLUMNS, SummaryCsv
@@ -58,8 +58,7 @@ class _Running:
     trial: Trial
     identity: RunIdentity
     run_dir: Path
-    proc: subprocess.Popen[bytes]
-    log_fh: IO[bytes]
+    handle: TrialHandle
     started: float
     registered: bool = False
     signalled: int = 0  # how many sweep signals were forwarded to this trial
@@ -74,13 +73,15 @@ def run_sweep(
     file_sd_dir: Path | None = None,
     trial_command: Callable[[Path], list[str]] = default_trial_command,
     env: dict[str, str] | None = None,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Run ``trials`` and return their summary rows.
 
     ``env`` adds variables to this process's environment for the trials. A
     failed trial does not stop the sweep. SIGINT/SIGTERM (main thread only)
     forwards SIGTERM to running trials, waits for them and starts no new ones;
-    a second signal SIGKILLs them.
+    a second signal SIGKILLs them. ``executor`` says where trials run
+    (default: :class:`~engine.sweep.executor.LocalExecutor`, subprocesses here).
     """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def run_sweep(
     # two sweeps with the same name never overwrite or delete each other's targets.
     targets = TargetsFile(Path(file_sd_dir) / f"{sweep_dir.name}.json") if file_sd_dir else None
     child_env = _child_env(env, parallel)
+    executor = executor or LocalExecutor()
     pending, running = list(trials), list[_Running]()
     rows: list[dict[str, Any]] = []
     ports: set[int] = set()  # handed out in this sweep: never twice
@@ -104,13 +106,13 @@ def run_sweep(
                 log.warning("sweep %s interrupted: %d trial(s) not started", sweep_name, len(pending))
                 pending.clear()
             while pending and len(running) < max(1, parallel):
-                running.append(_start(pending.pop(0), sweep_dir, trial_command, child_env, ports))
+                running.append(_start(pending.pop(0), sweep_dir, trial_command, child_env, ports, executor))
             for r in list(running):
                 _stop(r, signals["count"])
                 # A trial with its endpoint disabled never writes endpoint.json.
                 if targets is not None and not r.registered and r.trial.config.telemetry.metrics_port:
                     _register(r, targets, sweep_name)
-                if r.proc.poll() is not None:
+                if r.handle.poll() is not None:
                     running.remove(r)
                     row = _finish(r, targets)
                     summary.append(row)
@@ -118,11 +120,11 @@ def run_sweep(
             time.sleep(_POLL)
     finally:
         for r in running:  # only on an unexpected error: leave no orphans
-            r.proc.kill()
-            r.proc.wait()
-            r.log_fh.close()
+            r.handle.kill()
+            r.handle.wait()
         if targets is not None:
             targets.clear()
+        executor.close()
         restore()
     rows.sort(key=lambda row: row["trial"])
     failed = sum(row["status"] not in OK_STATUSES for row in rows)
@@ -174,7 +176,7 @@ def free_port(taken: Collection[int] = ()) -> int:
 
 
 def _start(trial: Trial, sweep_dir: Path, command: Callable[[Path], list[str]],
-           env: dict[str, str], ports: set[int]) -> _Running:
+           env: dict[str, str], ports: set[int], executor: Executor) -> _Running:
     # Named by the config hash (not the run_id), so running the sweep dir again
     # finds the trial's directory, its checkpoint and its identity.
     run_dir = sweep_dir / f"run_{trial.index:03d}_{trial.config_hash}"
@@ -189,24 +191,16 @@ def _start(trial: Trial, sweep_dir: Path, command: Callable[[Path], list[str]],
         ports.add(port)
         tel = tel.model_copy(update={"metrics_port": port, "auto_port": True})
     dump_yaml(trial.config.model_copy(update={"telemetry": tel}), run_dir / "config.yaml")
-    cmd = command(run_dir)
-    log_fh = open(run_dir / "stdout.log", "wb")
-    # A session of its own: a terminal Ctrl-C reaches only the sweep, which
-    # forwards SIGTERM once, instead of every trial getting SIGINT too.
-    try:
-        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    except BaseException:
-        log_fh.close()
-        raise
-    log.info("trial %03d (%s) started: pid %d, %s", trial.index, identity.run_id, proc.pid, run_dir)
-    return _Running(trial, identity, run_dir, proc, log_fh, time.monotonic())
+    handle = executor.start(command(run_dir), run_dir, env, run_dir / "stdout.log")
+    log.info("trial %03d (%s) started on %s: %s, %s", trial.index, identity.run_id, executor.name,
+             handle.describe(), run_dir)
+    return _Running(trial, identity, run_dir, handle, time.monotonic())
 
 
 def _stop(r: _Running, count: int) -> None:
     """Forward the sweep's interrupt: SIGTERM on the first signal, SIGKILL after."""
-    if count > r.signalled and r.proc.poll() is None:
-        r.proc.send_signal(signal.SIGTERM if count == 1 else signal.SIGKILL)
+    if count > r.signalled and r.handle.poll() is None:
+        r.handle.send_signal(signal.SIGTERM if count == 1 else signal.SIGKILL)
         r.signalled = count
 
 
@@ -215,25 +209,24 @@ ADVERTISE_ENV = "PLASTICITY_METRICS_ADVERTISE_HOST"
 
 
 def _register(r: _Running, targets: TargetsFile, sweep_name: str) -> None:
-    try:
-        ep = json.loads((r.run_dir / "endpoint.json").read_text())
-        host, port = str(ep["host"]), int(ep["port"])
-    except (OSError, ValueError, KeyError, TypeError):
+    ep = r.handle.endpoint()
+    if ep is None:
         return  # not written (or not completely) yet: retry next poll
+    host, port = ep
     if host in ("", "0.0.0.0", "::"):
         # A wildcard bind is reached through the address Prometheus can see:
         # the container's service name under compose, loopback otherwise.
         host = os.environ.get(ADVERTISE_ENV) or ("127.0.0.1" if host != "::" else "::1")
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    labels = {"sweep": sweep_name, "run": r.identity.run_id, "trial": f"{r.trial.index:03d}"}
+    labels = {"sweep": sweep_name, "run": r.identity.run_id, "trial": f"{r.trial.index:03d}",
+              "node": r.handle.node}
     targets.add(r.identity.run_id, f"{host}:{port}", labels)
     r.registered = True
     log.info("trial %03d endpoint %s:%d registered", r.trial.index, host, port)
 
 
 def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
-    rc = r.proc.returncode
-    r.log_fh.close()
+    rc = r.handle.wait()
     if targets is not None:
         targets.remove(r.identity.run_id)
     row: dict[str, Any] = {"trial": r.trial.index, "run_id": r.identity.run_id,
