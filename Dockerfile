@@ -10,6 +10,8 @@ FROM python:3.11.11-slim-bookworm
 
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_PIP_ARGS=""
+# 1 = also the optional Ray executor (compose profile `ray`, requirements-ray.txt).
+ARG WITH_RAY=0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,6 +26,10 @@ WORKDIR /app
 # once it is installed requirements.txt's `torch` range is already satisfied,
 # so pip cannot swap in another (multi-GB CUDA) build.
 RUN pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
+
+# Ray (large, rarely changing) before the engine's own files, so editing them keeps this layer.
+COPY requirements-ray.txt ./
+RUN if [ "$WITH_RAY" = 1 ]; then pip install -r requirements-ray.txt; fi
 
 COPY requirements.txt pyproject.toml README.md ./
 COPY engine ./engine

@@ -41,6 +41,11 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(
         1, ge=0, description="Epochs between atomic checkpoints (0 disables)."
     )
+    nproc: int = Field(
+        1, ge=1, le=1024, description="Processes of a data-parallel run (DDP; gloo on CPU, nccl on CUDA; "
+        "seeds, neurogenesis and plasticity only). Each trains on its shard of every batch, structural "
+        "changes stay in lockstep. Not in the config hash: the math is the single-process run's up to "
+        "float summation order.")
     # -- divergence: the trainer's own checks, the same for every family ----------
     on_diverge: Literal["stop", "rollback"] = Field(
         "stop", description="On a non-finite loss: stop (status diverged), or roll back to the last "
@@ -121,6 +126,9 @@ class TelemetryConfig(Section):
     neuron_topk: int = Field(
         3, ge=0, le=16, description="Top-k per-neuron values exported per layer."
     )
+    report: bool = Field(
+        True, description="Write report.html (an offline HTML report) into the run or sweep directory "
+        "when it ends, however it ends.")
 
 
 class RunConfig(Section):
@@ -274,7 +282,7 @@ def config_hash(cfg: RunConfig, length: int = 10) -> str:
     import json
 
     doc = {k: v for k, v in cfg.to_dict().items() if k not in _ID_EXCLUDED}
-    for key in ("checkpoint_every", "threads", "device"):  # how or where, not what, is computed
+    for key in ("checkpoint_every", "threads", "device", "nproc"):  # how or where, not what, is computed
         doc.get("train", {}).pop(key, None)
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

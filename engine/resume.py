@@ -9,8 +9,9 @@ never what it computes. They are
   ``mlflow``, ``console``, ``strict_sinks``, ``neuron_topk``, and any added to
   the telemetry section later): sinks only read events;
 * :data:`RESUME_TRAIN_KEYS`: ``device`` (a run moved between CPU and GPU
-  continues the same experiment, though not bit for bit), ``threads`` and
-  ``checkpoint_every`` (the config hash ignores both).
+  continues the same experiment, though not bit for bit), ``threads``,
+  ``checkpoint_every`` and ``nproc`` (data-parallel ranks: every rank loads the
+  same checkpoint; float summation order changes); the config hash ignores them.
 
 Everything else (``lr``, ``seed``, ``experiment``, ``output_dir``, family keys,
 the divergence policy ``on_diverge`` / ``max_rollbacks`` / ``rollback_lr_factor``
@@ -27,7 +28,7 @@ from engine.config import RunConfig, flat_fields, validate_nested
 from engine.errors import ConfigError
 
 #: Train keys that change how, not what, a resumed run computes.
-RESUME_TRAIN_KEYS = ("device", "threads", "checkpoint_every")
+RESUME_TRAIN_KEYS = ("device", "threads", "checkpoint_every", "nproc")
 
 
 def resume_keys(experiment: str) -> tuple[str, ...]:

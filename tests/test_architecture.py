@@ -18,6 +18,12 @@ FORBIDDEN = {
     "telemetry": ("engine.sinks", "engine.training", "engine.cli", "engine.models", "engine.experiments"),
     "sinks": ("engine.training", "engine.cli", "engine.models", "engine.experiments", "engine.mechanisms"),
     "sweep": ("engine.cli", "engine.sinks", "engine.training"),
+    # reports read result files only
+    "report": ("engine.training", "engine.cli", "engine.sinks", "engine.experiments", "engine.models",
+               "engine.mechanisms"),
+    # data-parallel runs: the trainer's step policy and the launcher; the CLI calls them, never the reverse
+    "distributed": ("engine.cli", "engine.sinks", "engine.sweep", "engine.experiments", "engine.models",
+                    "engine.mechanisms"),
 }
 
 
@@ -46,6 +52,14 @@ def violations(root: Path = ENGINE) -> list[str]:
 
 def test_no_forbidden_imports() -> None:
     assert violations() == []
+
+
+def test_only_engine_distributed_uses_torch_distributed() -> None:
+    # Families, models and mechanisms see data-parallel runs only through engine.parallel.
+    users = sorted(str(p.relative_to(ENGINE)) for p in ENGINE.rglob("*.py")
+                   if any(m.startswith("torch.distributed") or m.startswith("engine.distributed")
+                          for m in imports_of(p)))
+    assert [u for u in users if not u.startswith("distributed/")] == ["cli/ddp.py"]
 
 
 def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ ALERTMANAGER = ROOT / "alertmanager" / "alertmanager.yml"
 GRAFANA_DASHBOARDS = ROOT / "grafana" / "provisioning" / "dashboards" / "plasticity.yml"
 GRAFANA_DATASOURCE = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 ENGINES = ("engine", "engine-gpu")
+#: The `ray` profile: Ray head, Ray workers, and the sweep coordinator that runs trials on them.
+RAY_SERVICES = ("ray-head", "ray-worker", "ray-sweep")
 TORCH = "torch==2.13.0"
 #: (service, host path) -> container path: the files the rule/config/dashboard tests check.
 CONFIG_MOUNTS = {
@@ -286,8 +288,35 @@ def check_gpu(c: Compose) -> Problems:
     if flags(svc.get("engine", {})).get("--device") != "cpu":
         bad.append("engine: command must pass --device cpu (a plain `up` works without a GPU)")
     for n, s in svc.items():
-        if n != "engine-gpu" and (s.get("profiles") or "deploy" in s):
-            bad.append(f"{n}: only engine-gpu may need a profile or device reservation")
+        if n != "engine-gpu" and (("deploy" in s) or (s.get("profiles") and n not in RAY_SERVICES)):
+            bad.append(f"{n}: only engine-gpu (and the ray profile) may need a profile or device reservation")
+    return bad
+
+
+def check_ray(c: Compose) -> Problems:
+    """The ray profile: workers join the head, the coordinator sweeps on it into the shared volumes."""
+    bad = []
+    svc = services(c)
+    for name in RAY_SERVICES:
+        s = svc.get(name, {})
+        if s.get("profiles") != ["ray"]:
+            bad.append(f"{name} must be in the ray profile (and only there)")
+        if ((s.get("build") or {}).get("args") or {}).get("WITH_RAY") != "1":
+            bad.append(f"{name}: its image must be built with WITH_RAY=1 (requirements-ray.txt)")
+    head, worker, sweep = (svc.get(n, {}) for n in RAY_SERVICES)
+    gcs = f"ray-head:{flags(head).get('--port')}"
+    if "--head" not in command_text(head).split() or gcs == "ray-head:None":
+        bad.append("ray-head: command must be `ray start --head --port=<port>`")
+    if flags(worker).get("--address") != gcs:
+        bad.append(f"ray-worker: --address {flags(worker).get('--address')} is not the head's {gcs}")
+    f = flags(sweep)
+    if f.get("--executor") != "ray" or f.get("--ray_address") != gcs:
+        bad.append(f"ray-sweep: must run with --executor ray --ray_address {gcs}")
+    if f.get("--file_sd_dir") is None or f.get("--file_sd_dir") != volume_target(sweep, "file_sd"):
+        bad.append(f"ray-sweep: --file_sd_dir {f.get('--file_sd_dir')} is not the file_sd volume Prometheus reads")
+    results = volume_target(sweep, "results")
+    if f.get("--output_dir") != results or volume_target(worker, "results") != results:
+        bad.append("ray-sweep and ray-worker must share the results volume at --output_dir")
     return bad
 
 
@@ -385,6 +414,7 @@ CHECKS: dict[str, Callable[[Compose, dict[str, Any]], Problems]] = {
     "config_mounts": lambda c, p: check_config_mounts(c),
     "engine": check_engine,
     "gpu": lambda c, p: check_gpu(c),
+    "ray": lambda c, p: check_ray(c),
     "grafana": lambda c, p: check_grafana(c),
     "prometheus": check_prometheus,
 }
@@ -408,6 +438,7 @@ BREAKERS: dict[str, Callable[[Compose, dict[str, Any]], None]] = {
     "config_mounts": lambda c, p: _svc(c, "prometheus")["volumes"].pop(1),
     "engine": lambda c, p: _replace_command(c, "engine", "--metrics_host 0.0.0.0", "--metrics_host 127.0.0.1"),
     "gpu": lambda c, p: _svc(c, "engine-gpu").pop("deploy"),
+    "ray": lambda c, p: _replace_command(c, "ray-sweep", "--ray_address ray-head:6379", "--ray_address ray-head:1"),
     "grafana": lambda c, p: _svc(c, "grafana")["environment"].update(GF_SECURITY_ADMIN_PASSWORD="admin"),
     "prometheus": lambda c, p: p.update(rule_files=["/etc/prometheus/other/*.yml"]),
 }

@@ -34,8 +34,8 @@ FLAGS = ["--warm_up_epochs", str(EPOCHS), "--adaptation_epochs", "0", "--no_tens
 def test_resume_keys_are_telemetry_plus_device_threads_checkpoint_every() -> None:
     keys = set(resume_keys("seeds"))
     assert {"metrics_port", "metrics_host", "auto_port", "metrics_linger", "metrics_hold", "console",
-            "tensorboard", "mlflow", "histogram_every", "strict_sinks", "neuron_topk"} <= keys
-    assert set(RESUME_TRAIN_KEYS) == {"device", "threads", "checkpoint_every"} <= keys
+            "tensorboard", "mlflow", "histogram_every", "strict_sinks", "neuron_topk", "report"} <= keys
+    assert set(RESUME_TRAIN_KEYS) == {"device", "threads", "checkpoint_every", "nproc"} <= keys
     for key in ("lr", "seed", "experiment", "output_dir", "hidden_dim", "batch_size", "optimizer"):
         assert key not in keys, key
     assert resume_keys("plasticity") == resume_keys("seeds")  # no family key is runtime

@@ -7,6 +7,7 @@ Exit codes: 0 finished, 1 failed (or any sweep trial failed), 2 bad input,
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,13 +15,17 @@ from typing import Any
 
 import click
 
+from engine.cli.data import data as data_cmd
+from engine.cli.export import export as export_cmd
 from engine.cli.options import config_options, given
+from engine.cli.report import report as report_cmd
 from engine.cli.stack import stack
 from engine.cli.wiring import EXIT_CODES, console_mode_is_rich, execute_run
 from engine.config import RunConfig, build_config, load_yaml
 from engine.errors import ConfigError
 from engine.identity import RunIdentity, new_identity
 from engine.resume import RESUME_TRAIN_KEYS, resume_config
+from engine.sweep.executor import EXECUTORS, METRICS_HOST_ENV, Executor, make_executor
 
 log = logging.getLogger("engine.cli")
 
@@ -47,12 +52,27 @@ def _setup_logging(quiet: bool) -> None:
               "config.yaml and run_id. Only runtime options may be given with it: every telemetry "
               "option (--metrics_port, --console, --no_tensorboard, ...) and "
               + ", ".join(f"--{k}" for k in RESUME_TRAIN_KEYS) + "; they are saved to its config.yaml, "
-              "so a later --resume keeps them. Any other option is an error.")
+              "so a later --resume keeps them. Any other option is an error. A sweep directory "
+              "(OUTPUT_DIR/sweeps/<sweep>) continues that sweep: settled trials are skipped, the others "
+              "run again or continue from their checkpoints; only --parallel and --file_sd_dir may be given.")
 @click.option("--file_sd_dir", type=click.Path(path_type=Path), default=None,
               help="Where sweeps write Prometheus file_sd targets [default: OUTPUT_DIR/file_sd].")
+@click.option("--executor", "executor_name", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="Where sweep trials run: local subprocesses, or Ray tasks on a Ray cluster "
+              "(needs `pip install -r requirements-ray.txt`).")
+@click.option("--ray_address", default=None, metavar="HOST:PORT",
+              help="Ray cluster of --executor ray [default: $RAY_ADDRESS, else a local Ray started for the sweep].")
+@click.option("--trial_cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="CPUs Ray reserves for each sweep trial (--executor ray).")
+@click.option("--trial_gpus", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs Ray reserves for each sweep trial (--executor ray).")
+@click.option("--run_dir", "fixed_run_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+              help="Write the run into RUN_DIR, which must not exist yet, instead of "
+              "OUTPUT_DIR/runs/<time>_<run_id> (a fixed path, e.g. for a DVC stage); not part of the config hash.")
 @click.pass_context
 def cli(ctx: click.Context, sweep_config: Path | None, parallel: int | None, resume_dir: Path | None,
-        file_sd_dir: Path | None, **overrides: Any) -> int:
+        file_sd_dir: Path | None, fixed_run_dir: Path | None, executor_name: str, ray_address: str | None,
+        trial_cpus: float, trial_gpus: float, **overrides: Any) -> int:
     """Train a structural-plasticity experiment with live telemetry.
 
     With no options, runs the default experiment (morphogenetic seeds on two
@@ -67,25 +87,55 @@ def cli(ctx: click.Context, sweep_config: Path | None, parallel: int | None, res
                               f"run options cannot be combined with the '{ctx.invoked_subcommand}' "
                               "command, which takes only its own options (see its --help)")
         return 0
+    if fixed_run_dir is not None and (resume_dir is not None or sweep_config is not None):
+        raise ConfigError("run_dir", str(fixed_run_dir), "a new single run's directory: not with --resume or -s")
+    ray_opts = {"ray_address": ray_address, "trial_cpus": trial_cpus, "trial_gpus": trial_gpus}
+    if executor_name != "local" and sweep_config is None and resume_dir is None:
+        raise ConfigError("executor", executor_name, "only for sweeps (-s/--sweep_config or --resume SWEEP_DIR)")
+    executor = make_executor(executor_name, **ray_opts)  # bad input (no ray, bad address) fails here
     if resume_dir is not None:
-        return _resume(resume_dir, flat)
+        return _resume(resume_dir, flat, parallel, file_sd_dir, executor)
     cfg = build_config(flat)  # validates before anything is written
+    if sweep_config is not None and cfg.train.nproc > 1:
+        raise ConfigError("nproc", cfg.train.nproc, "1 with -s/--sweep_config (each trial is one process)")
     if sweep_config is not None:
         from engine.cli.sweep import run_sweep_command
 
-        return run_sweep_command(flat, cfg, sweep_config, parallel, file_sd_dir)
+        return run_sweep_command(flat, cfg, sweep_config, parallel, file_sd_dir, executor=executor)
+    if _data_parallel(cfg):
+        return _run_data_parallel(cfg, None, fixed_run_dir)
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
-    identity, run_dir = _new_run_dir(cfg)
+    identity, run_dir = _new_run_dir(cfg, fixed_run_dir)
     return _finish(execute_run(cfg, run_dir, identity=identity), run_dir)
 
 
-def _new_run_dir(cfg: RunConfig) -> tuple[RunIdentity, Path]:
-    """A new launch's identity and ``OUTPUT_DIR/runs/<time>_<run_id>`` (not created yet).
+def _data_parallel(cfg: RunConfig) -> bool:
+    """Whether this is a data-parallel run (``--nproc N`` or a torchrun worker: engine/cli/ddp.py)."""
+    from engine.cli.ddp import wants_data_parallel
+
+    return wants_data_parallel(cfg)
+
+
+def _run_data_parallel(cfg: RunConfig, resume_dir: Path | None, fixed_run_dir: Path | None) -> int:
+    from engine.cli.ddp import run_data_parallel
+
+    return run_data_parallel(cfg, resume_dir, fixed_run_dir, _new_run_dir, _finish,
+                             lambda quiet: _setup_logging(quiet=quiet))
+
+
+def _new_run_dir(cfg: RunConfig, fixed: Path | None = None) -> tuple[RunIdentity, Path]:
+    """A new launch's identity and ``fixed`` or ``OUTPUT_DIR/runs/<time>_<run_id>`` (not created yet).
 
     The unique run_id in the name keeps two launches of one config in the same
     second apart; execute_run creates the directory exclusively, so even a
-    random-suffix collision fails loudly instead of mixing two runs.
+    random-suffix collision fails loudly instead of mixing two runs. A ``fixed``
+    directory (``--run_dir``) that exists already is bad input.
     """
+    if fixed is not None:
+        if fixed.exists():
+            raise ConfigError("run_dir", str(fixed), "a directory that does not exist yet "
+                              "(a run never writes into an existing directory; --resume continues one)")
+        return new_identity(cfg), fixed
     while True:
         identity = new_identity(cfg)
         run_dir = Path(cfg.output_dir) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_{identity.run_id}"
@@ -93,11 +143,21 @@ def _new_run_dir(cfg: RunConfig) -> tuple[RunIdentity, Path]:
             return identity, run_dir
 
 
-def _resume(run_dir: Path, flat: dict[str, Any]) -> int:
+def _resume(run_dir: Path, flat: dict[str, Any], parallel: int | None = None,
+            file_sd_dir: Path | None = None, executor: Executor | None = None) -> int:
+    from engine.sweep.plan import is_sweep_dir
+
+    if is_sweep_dir(run_dir):  # a sweep directory: finish its unsettled trials
+        from engine.cli.sweep import resume_sweep_command
+
+        return resume_sweep_command(run_dir, flat, parallel, file_sd_dir, executor=executor)
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError("resume", str(run_dir), "must be a run directory holding config.yaml")
+        raise ConfigError("resume", str(run_dir), "must be a run directory holding config.yaml, "
+                          "or a sweep directory holding sweep_state.json")
     # Runtime options (ports, sinks, device, ...) may change; the experiment may not.
     cfg = resume_config(load_yaml(run_dir / "config.yaml"), flat)
+    if _data_parallel(cfg):
+        return _run_data_parallel(cfg, run_dir, None)
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
     return _finish(execute_run(cfg, run_dir, resume=True), run_dir)
 
@@ -114,6 +174,9 @@ def _finish(outcome: Any, run_dir: Path) -> int:
 def trial(run_dir: Path) -> int:
     """Run the sweep trial whose config.yaml is in RUN_DIR (used by sweeps)."""
     cfg = load_yaml(run_dir / "config.yaml")
+    if os.environ.get(METRICS_HOST_ENV):  # set by the Ray executor: bind where Prometheus can reach
+        cfg = cfg.model_copy(update={"telemetry": cfg.telemetry.model_copy(
+            update={"metrics_host": os.environ[METRICS_HOST_ENV]})})
     _setup_logging(quiet=True)
     return EXIT_CODES.get(execute_run(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists()).status, 1)
 
@@ -129,6 +192,9 @@ def metrics_cmd() -> int:
 
 
 cli.add_command(stack)
+cli.add_command(report_cmd)
+cli.add_command(data_cmd)
+cli.add_command(export_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from engine.errors import ConfigError
 from engine.fsutil import atomic_write_text
 from engine.identity import RunIdentity, legacy_identity, new_identity, read_identity, write_identity
 from engine.registry import get_experiment
+from engine.report import write_report_safely
 from engine.sinks.results import ResultsSink
 from engine.telemetry.bus import EventBus
 from engine.telemetry.events import RunEnded, RunStarted
@@ -144,7 +145,7 @@ def _report_setup_failure(cfg: RunConfig, run_dir: Path, identity: RunIdentity, 
 
 
 def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
-                identity: RunIdentity | None = None) -> Outcome:
+                identity: RunIdentity | None = None, parallel: Any = None) -> Outcome:
     """Run one experiment into ``run_dir`` and return how it ended.
 
     ``identity`` is given by a fresh launch that just made it (and named
@@ -154,6 +155,8 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
     directory without ``identity.json``, the config hash it used as run id).
     On ``resume``, a ``cfg`` whose runtime options differ from the saved
     ``config.yaml`` is written back, so a later plain ``--resume`` behaves the same.
+
+    ``parallel``: rank 0's step policy in a data-parallel run (:mod:`engine.cli.ddp`).
 
     Bad input raises :class:`~engine.errors.ConfigError` before training starts;
     an unexpected exception is recorded as status ``failed`` (metrics.json and
@@ -191,7 +194,8 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
             experiment = factory(cfg, device)
             bus = EventBus(strict=cfg.telemetry.strict_sinks)
             trainer = Trainer(experiment, bus, run_id, run_dir, cfg.to_dict(), cfg.train.checkpoint_every,
-                              config_hash=identity.config_hash, rebuild=lambda: factory(cfg, device))
+                              config_hash=identity.config_hash, rebuild=lambda: factory(cfg, device),
+                              parallel=parallel)
             if resume and not trainer.resume():
                 log.warning("no checkpoint in %s: starting from the beginning", run_dir)
             _sinks(cfg, run_dir, bus, dict(experiment.phases()), prom)
@@ -202,6 +206,7 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
         except Exception as exc:  # a crash before training (a bug, out of memory): a failed run
             log.exception("run failed before training")
             _report_setup_failure(cfg, run_dir, identity, str(device), prom, exc)
+            write_report_safely(run_dir, cfg.telemetry.report)
             raise
         except BaseException:
             if prom is not None:
@@ -222,6 +227,7 @@ def execute_run(cfg: RunConfig, run_dir: Path, resume: bool = False,
                 prom.linger(cfg.telemetry.metrics_linger, cfg.telemetry.metrics_hold)
                 (run_dir / "endpoint.json").unlink(missing_ok=True)
             bus.close()
+            write_report_safely(run_dir, cfg.telemetry.report)  # partial results too: failed, diverged, ...
         log.info("run %s ended: %s", run_id, outcome.status)
         return outcome
 

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from engine.mechanisms.plans import ReinitUnits
 from engine.models.mlp import MLP
+from engine.parallel import data_parallel
 from engine.telemetry.events import StructuralChange
 
 _aten = torch.ops.aten
@@ -66,7 +67,8 @@ class Stepper:
     def __init__(self, model: MLP, optimizer: torch.optim.Optimizer, classification: bool) -> None:
         self.model, self.optimizer, self.classification = model, optimizer, classification
         self.params = list(model.parameters())  # W0, b0, W1, b1, ..., head W, head b
-        self.manual = plain_sgd(optimizer)  # else autograd + optimizer.step()
+        # else autograd + optimizer.step(); data-parallel runs need autograd (DDP averages its gradients)
+        self.manual = plain_sgd(optimizer) and not data_parallel()
         self._saved: tuple[Any, ...] | None = None
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:

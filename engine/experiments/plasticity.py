@@ -37,6 +37,7 @@ from engine.diagnostics.rank import redo_scores
 from engine.errors import ConfigError, ParameterError
 from engine.mechanisms.replacement import get_mechanism
 from engine.models.mlp import MLP
+from engine.parallel import data_parallel, global_mean, global_rows
 from engine.registry import register_experiment
 from engine.surgery import apply_plan
 from engine.telemetry.events import LayerSignal, MetricSamples, Sample
@@ -147,6 +148,8 @@ class PlasticityExperiment:
         _, y = batch
         out, hidden, norms = self._stepper.update(loss)  # out [b, classes or 1]; hidden [b, units] per layer;
         # norms: per parameter, w0, b0, w1, b1, ..., head
+        if data_parallel():  # online figures and CBP utilities over the global batch [B, ...], as in one process
+            y, out, loss, hidden = global_rows(y), global_rows(out), global_mean(loss), [global_rows(h) for h in hidden]
         self.diag.add_grad_norms(torch.stack(norms[0:2 * len(self._weights):2]))  # hidden weights
         grad_norm = float(torch.linalg.vector_norm(torch.stack(norms)))
         if self.fam.shrink > 0:

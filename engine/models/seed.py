@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.parallel import global_rows
 from engine.telemetry.events import SEED_STATES  # plain tuple of names, no sink code
 
 
@@ -57,7 +58,9 @@ class SentinelSeed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the seed to interface activations ``x: [batch, dim]``."""
         if self.state == "training" and self.training:
-            self._remember(x.detach())
+            # Data-parallel: the whole global batch's rows, so every rank's reservoir
+            # (and so its child and its readiness) is the single-process one.
+            self._remember(global_rows(x.detach()))
         if self.alpha == 0.0:
             return x
         return x + self.alpha * (self.child(x) - x)

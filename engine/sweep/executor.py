@@ -10,10 +10,14 @@ make the run directory's files appear under the sweep directory.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Callable, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -52,6 +56,36 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor holds (called once, after the last trial ended)."""
+
+
+#: Executor names accepted by :func:`make_executor` (and ``--executor``).
+EXECUTORS = ("local", "ray")
+#: Set by executors that run a trial on another machine: the ``trial`` command
+#: then binds its metrics endpoint on this address instead of the config's
+#: (loopback is not reachable from the Prometheus of a multi-node cluster).
+METRICS_HOST_ENV = "PLASTICITY_METRICS_HOST"
+
+
+def make_executor(name: str, *, ray_address: str | None = None, trial_cpus: float = 1.0,
+                  trial_gpus: float = 0.0) -> Executor:
+    """The executor called ``name``; a :class:`~engine.errors.ConfigError` lists the valid ones.
+
+    ``ray_address``, ``trial_cpus`` and ``trial_gpus`` are for ``ray`` only;
+    giving them to ``local`` is an error rather than silently ignored.
+    """
+    from engine.errors import ConfigError
+
+    if name == "ray":
+        from engine.sweep.ray_executor import RayExecutor  # imports ray: optional dependency
+
+        return RayExecutor(address=ray_address, trial_cpus=trial_cpus, trial_gpus=trial_gpus)
+    if name != "local":
+        raise ConfigError("executor", name, f"one of: {', '.join(EXECUTORS)}")
+    for key, value, default in (("ray_address", ray_address, None), ("trial_cpus", trial_cpus, 1.0),
+                                ("trial_gpus", trial_gpus, 0.0)):
+        if value != default:
+            raise ConfigError(key, value, "only with --executor ray")
+    return LocalExecutor()
 
 
 def read_endpoint(run_dir: Path) -> tuple[str, int] | None:
@@ -101,6 +135,31 @@ class LocalHandle:
         return f"pid {self._proc.pid}"
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the trial get SIGTERM when the sweep process dies.
+
+    A coordinator killed by SIGKILL cannot forward a signal; without this its
+    trials would run on unwatched (no file_sd entry, no summary row) and a
+    ``--resume`` of the sweep would start them a second time in the same
+    directory. With it they end ``interrupted`` and keep their checkpoints,
+    which the resume continues. Linux only; elsewhere trials outlive the sweep.
+    """
+    if _LIBC is None:
+        return None
+    libc = _LIBC
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the sweep died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class LocalExecutor:
     """Run each trial as a subprocess on this machine."""
 
@@ -112,7 +171,8 @@ class LocalExecutor:
         # forwards SIGTERM once, instead of every trial getting SIGINT too.
         try:
             proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    preexec_fn=_stop_with_parent(os.getpid()))
         except BaseException:
             log_fh.close()
             raise

@@ -12,7 +12,8 @@ plus an optional ``sweep:`` block of sweep-level settings::
     problem_type: spirals   # a single value
 
 The grid is the Cartesian product of all keys, in file order. CLI flags the
-user set are defaults; the YAML overrides them.
+user set are defaults; the YAML overrides them. A file with a ``search:``
+block is a search sweep instead (:mod:`engine.sweep.search`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ runs ``trial_command(run_dir)`` with stdout+stderr in ``stdout.log``. When the
 trial writes ``endpoint.json`` its endpoint joins the sweep's Prometheus
 ``file_sd`` file (label ``run`` = the run_id the trial reports) until it exits.
 Its ``metrics.json`` (or the exit status) becomes a ``sweep_summary.csv`` row.
+Trials come from a :class:`~engine.sweep.source.TrialSource`: a fixed list (a
+grid) or an Optuna study asked as slots free up, which may also stop running
+trials (pruning) and set their rows' status.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from engine.identity import RunIdentity, ensure_identity
 from engine.sweep.executor import Executor, LocalExecutor, TrialHandle
 from engine.sweep.file_sd import TargetsFile
 from engine.sweep.grid import Trial
+from engine.sweep.source import ListSource, TrialSource
 from engine.sweep.summary import METRIC_COLUMNS, SummaryCsv
 
 log = logging.getLogger("engine.sweep")
 
 #: Final trial statuses that are not failures: a diverged trial is a result of
-#: its hyper-parameters, an interrupted one was stopped on request.
-OK_STATUSES = frozenset({"finished", "diverged", "interrupted"})
+#: its hyper-parameters, an interrupted one was stopped on request, a pruned one
+#: by the search's pruner.
+OK_STATUSES = frozenset({"finished", "diverged", "interrupted", "pruned"})
 _POLL = 0.05
 
 
@@ -65,7 +70,7 @@ class _Running:
 
 
 def run_sweep(
-    trials: list[Trial],
+    trials: list[Trial] | TrialSource,
     sweep_dir: Path,
     *,
     sweep_name: str,
@@ -75,38 +80,40 @@ def run_sweep(
     env: dict[str, str] | None = None,
     executor: Executor | None = None,
 ) -> SweepResult:
-    """Run ``trials`` and return their summary rows.
+    """Run the trials of ``trials`` (a list, or a source asked as slots free up) and return their rows.
 
     ``env`` adds variables to this process's environment for the trials. A
     failed trial does not stop the sweep. SIGINT/SIGTERM (main thread only)
     forwards SIGTERM to running trials, waits for them and starts no new ones;
     a second signal SIGKILLs them. ``executor`` says where trials run
     (default: :class:`~engine.sweep.executor.LocalExecutor`, subprocesses here).
+    A :class:`~engine.sweep.source.TrialSource` may stop running trials
+    (pruning) through their handles and set the status of their rows.
     """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    # The grid's own keys first, then every other result-relevant parameter.
-    param_keys = list(dict.fromkeys([*(k for t in trials for k in t.params),
-                                     *(k for t in trials for k in parameters(t.config))]))
-    summary = SummaryCsv(sweep_dir / "sweep_summary.csv", param_keys)
+    source = ListSource(trials) if isinstance(trials, list) else trials
+    summary = SummaryCsv(sweep_dir / "sweep_summary.csv", source.param_keys)
     # One targets file per sweep invocation (its directory name is unique), so
     # two sweeps with the same name never overwrite or delete each other's targets.
     targets = TargetsFile(Path(file_sd_dir) / f"{sweep_dir.name}.json") if file_sd_dir else None
     child_env = _child_env(env, parallel)
     executor = executor or LocalExecutor()
-    pending, running = list(trials), list[_Running]()
+    running: list[_Running] = []
     rows: list[dict[str, Any]] = []
     ports: set[int] = set()  # handed out in this sweep: never twice
     signals = {"count": 0}
     restore = _install_handlers(signals)
-    log.info("sweep %s: %d trial(s), %d at a time -> %s", sweep_name, len(trials), max(1, parallel), sweep_dir)
+    log.info("sweep %s: %d at a time -> %s", sweep_name, max(1, parallel), sweep_dir)
     try:
-        while pending or running:
-            if signals["count"] and pending:
-                log.warning("sweep %s interrupted: %d trial(s) not started", sweep_name, len(pending))
-                pending.clear()
-            while pending and len(running) < max(1, parallel):
-                running.append(_start(pending.pop(0), sweep_dir, trial_command, child_env, ports, executor))
+        while running or not source.exhausted():
+            if signals["count"] and not source.exhausted():
+                log.warning("sweep %s interrupted: starting no more trials", sweep_name)
+                source.stop()
+            while len(running) < max(1, parallel) and (trial := source.next_trial()) is not None:
+                running.append(_start(trial, sweep_dir, trial_command, child_env, ports, executor))
+            if not running:
+                break  # a source with nothing to start and nothing running would wait forever
             for r in list(running):
                 _stop(r, signals["count"])
                 # A trial with its endpoint disabled never writes endpoint.json.
@@ -114,9 +121,13 @@ def run_sweep(
                     _register(r, targets, sweep_name)
                 if r.handle.poll() is not None:
                     running.remove(r)
-                    row = _finish(r, targets)
+                    row = source.result(r.trial, r.run_dir, _finish(r, targets))
                     summary.append(row)
+                    source.commit(r.trial, row)
                     rows.append(row)
+                    _log_row(row)
+                elif not r.signalled:
+                    source.watch(r.trial, r.run_dir, r.handle)
             time.sleep(_POLL)
     finally:
         for r in running:  # only on an unexpected error: leave no orphans
@@ -251,9 +262,12 @@ def _finish(r: _Running, targets: TargetsFile | None) -> dict[str, Any]:
         why += ", no metrics.json" if data is None else f", last status {status or 'missing'!r}"
         last = _last_line(r.run_dir / "stdout.log")
         row["status"], row["error"] = "failed", why + (f"; last output: {last}" if last else "")
-    log.log(logging.INFO if row["status"] in OK_STATUSES else logging.WARNING, "trial %03d (%s) %s%s",
-            r.trial.index, r.identity.run_id, row["status"], f": {row['error']}" if row["error"] else "")
     return row
+
+
+def _log_row(row: dict[str, Any]) -> None:
+    log.log(logging.INFO if row["status"] in OK_STATUSES else logging.WARNING, "trial %03d (%s) %s%s",
+            row["trial"], row["run_id"], row["status"], f": {row['error']}" if row["error"] else "")
 
 
 def _last_line(path: Path) -> str:

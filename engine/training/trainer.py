@@ -38,6 +38,7 @@ from engine.training.divergence import ExplosionWatch
 from engine.training.faults import FaultDrills
 from engine.training.impact import ImpactLedger
 from engine.training.memory import device_memory
+from engine.training.parallel import SingleProcess, StepPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ class Trainer:
 
     def __init__(self, experiment: Experiment, bus: EventBus, run_id: str, run_dir: Path,
                  config: dict[str, Any], checkpoint_every: int = 1, config_hash: str = "",
-                 rebuild: Callable[[], Experiment] | None = None) -> None:
+                 rebuild: Callable[[], Experiment] | None = None, parallel: StepPolicy | None = None) -> None:
         self.exp, self.bus, self.run_id, self.run_dir = experiment, bus, run_id, Path(run_dir)
         self.config_hash = config_hash or run_id
         self.config, self.checkpoint_every, self.rebuild = config, checkpoint_every, rebuild
+        self.parallel = parallel or SingleProcess()  # data-parallel runs: engine.distributed
         train = dict(config.get("train") or {})
         self.faults = FaultDrills.from_config(train)
         self.watch = ExplosionWatch(float(train.get("explode_factor", 5.0)), int(train.get("explode_patience", 1)))
@@ -173,8 +175,10 @@ class Trainer:
         for batch in self.exp.batches(epoch, phase):
             index = self.step  # 0-based, like epochs and --fault_nan_step
             self.faults.before_step(index, self._scale_lr)
-            loss = self.faults.corrupt(index, self.exp.compute_loss(batch, index))
-            value = float(loss.detach())  # the one host sync of the step's loss
+            batch = self.parallel.shard(batch)
+            loss = self.faults.corrupt(index, self.parallel.compute_loss(self.exp, batch, index))
+            # The one host sync of the step's loss; with several ranks also their agreed stop request.
+            value, stop = self.parallel.loss_value(loss, self._stop)
             self.step += 1
             if not math.isfinite(value):
                 # Checked before backward/step: no family ever updates on a non-finite loss.
@@ -188,7 +192,7 @@ class Trainer:
             grad_sum += res.grad_norm
             n_steps += 1
             samples += res.samples
-            if self._stop:
+            if stop:
                 return "interrupted"
         report = self.exp.end_epoch(epoch, phase)
         self.epoch = epoch + 1
@@ -225,7 +229,7 @@ class Trainer:
             duration, samples / duration if duration > 0 else 0.0))
         if self.checkpoint_every and (self.epoch % self.checkpoint_every == 0 or self.epoch == len(self.schedule)):
             self.checkpoint()
-        return "interrupted" if self._stop else "running"
+        return "interrupted" if self.parallel.agree_stop(self._stop) else "running"
 
     def _non_finite(self, index: int, epoch: int, value: float) -> str:
         """Stop (``diverged``) or roll back (``rolled_back``) after a non-finite loss."""
