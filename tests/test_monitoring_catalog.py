@@ -17,7 +17,7 @@ from engine.telemetry.events import PHASES, RUN_STATUSES, SEED_STATES
 
 RUNBOOK = ROOT / "monitoring" / "runbook.md"
 #: Labels Prometheus attaches to every scraped series (file_sd adds sweep/run/trial).
-TARGET_LABELS = {"job", "instance", "sweep", "run", "trial"}
+TARGET_LABELS = {"job", "instance", "sweep", "run", "trial", "node"}  # scrape + sweep file_sd labels (runner._register)
 #: Exposition name (histograms expand to _bucket/_sum/_count) -> catalog spec.
 SERIES = {name: spec for spec in CATALOG for name in exposition_names(spec)}
 #: One-hot label values the engine exports, and the registered experiment families

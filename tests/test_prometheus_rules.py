@@ -237,7 +237,7 @@ MUTATIONS = {
     # A plain `up == 0` keeps alerting on every run that ended normally.
     "TargetDown as up == 0": (
         "TargetDown", "alerts.yml",
-        ("max by (job, instance, run_id, sweep, run, trial) (\n"
+        ("max by (job, instance, run_id, sweep, run, trial, node) (\n"
          '            last_over_time(plasticity_run_status{job=~"engine|engine_trials", status="running"}[1h]) == 1\n'
          "          )\n"
          '          unless on (job, instance) (up{job=~"engine|engine_trials"} == 1)'),
