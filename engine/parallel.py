@@ -18,7 +18,7 @@ This module holds no ``torch.distributed`` code: the run installs its hooks
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from torch import Tensor
 
@@ -34,8 +34,13 @@ class RowHooks(Protocol):
         """This shard's mean (0-d) -> the global batch's mean (shard means weighted by size)."""
         ...
 
+    def plan(self, plan: object) -> object:
+        """Rank 0's structural plan, broadcast; fails the run if this rank derived another."""
+        ...
+
 
 _hooks: RowHooks | None = None
+PlanT = TypeVar("PlanT")
 
 
 def install(hooks: RowHooks | None) -> None:
@@ -60,3 +65,13 @@ def global_rows(t: Tensor) -> Tensor:
 def global_mean(t: Tensor) -> Tensor:
     """The global batch's mean for this shard's mean ``t`` (0-d; identity in one process)."""
     return t if _hooks is None else _hooks.mean(t)
+
+
+def agreed_plan(plan: PlanT) -> PlanT:
+    """The plan every rank applies: rank 0's, broadcast (identity in one process).
+
+    Rank 0 decides; the other ranks, which derived theirs from the same inputs,
+    check that they agree (a rank that does not fails the run) and apply rank
+    0's. A collective: :func:`engine.surgery.apply_plan` calls it for every plan.
+    """
+    return plan if _hooks is None else _hooks.plan(plan)  # type: ignore[return-value]

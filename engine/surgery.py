@@ -36,6 +36,7 @@ from engine.mechanisms.plans import (
 )
 from engine.mechanisms.head_plans import CloneHead, PruneHeads
 from engine.mechanisms.seed_plans import BlendSeed, CullSeed, FossilizeSeed, GerminateSeed
+from engine.parallel import agreed_plan
 from engine.surgery_heads import apply_head_plan
 from engine.surgery_units import clone, grow, module_at, prune, reinit, set_gain
 
@@ -48,7 +49,11 @@ def apply_plan(
     plan: Plan,
     generator: torch.Generator | None = None,
 ) -> None:
-    """Apply one ``plan`` to ``model`` and (if given) ``optimizer``, in place."""
+    """Apply one ``plan`` to ``model`` and (if given) ``optimizer``, in place.
+
+    In a data-parallel run every rank applies rank 0's plan (:func:`engine.parallel.agreed_plan`).
+    """
+    plan = agreed_plan(plan)
     if isinstance(plan, GrowUnits):
         grow(model, optimizer, plan, generator)
     elif isinstance(plan, PruneUnits):

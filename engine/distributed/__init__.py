@@ -18,12 +18,15 @@ module owning the model, so any way a family calls its model is covered).
 DDP's gradient all-reduce is weighted by shard size (a comm hook), so every
 rank steps on the global batch's mean gradient, exactly the single-process
 step up to float summation order, and every rank's weights stay bit for bit
-the same. Structural decisions then need no broadcast of plans: every
-decision input is the same on every rank (validation data, probes, generator
-draws, the model itself; statistics of the training batch go through
+the same. Structural decisions: rank 0 decides, every rank applies rank 0's
+plan. Every decision input is the same on every rank (validation data, probes,
+generator draws, the model itself; statistics of the training batch go through
 :func:`engine.parallel.global_rows`, which all-gathers the global batch's
-rows), so every rank takes the same decision at the same point and applies
-the same surgery (:func:`engine.surgery.apply_plan`) with the same generator.
+rows), so every rank reaches the same decision points and derives a plan
+there; :func:`engine.surgery.apply_plan` broadcasts rank 0's plan
+(:func:`engine.parallel.agreed_plan`), every other rank checks that its own
+is the same (else :class:`LockstepError` before any surgery) and applies rank
+0's, with the same generator, to the same weights and optimizer state.
 Rank 0 stays the reference: the DDP wrapper is rebuilt whenever the trainable
 parameters change (growth, a seed's child joining the optimizer, a frozen
 trunk), and every rebuild broadcasts rank 0's parameters and buffers. Each

@@ -76,8 +76,8 @@ def structure(exp: Any) -> str:
     return ";".join(parts) + f"|groups={[len(g['params']) for g in exp.optimizer.param_groups]}"
 
 
-def state_hash(exp: Any) -> str:
-    """sha256 of the model's state (parameters, buffers, extra state) and the optimizer's."""
+def digest(*objs: Any) -> str:
+    """sha256 of tensors (dtype, shape, bytes), dataclasses, mappings and sequences, by value."""
     h = hashlib.sha256()
 
     def feed(obj: Any) -> None:
@@ -85,6 +85,11 @@ def state_hash(exp: Any) -> str:
             t = obj.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            h.update(type(obj).__name__.encode())  # a plan: its type and every field by value
+            for f in dataclasses.fields(obj):
+                h.update(f.name.encode())
+                feed(getattr(obj, f.name))
         elif isinstance(obj, dict):
             for k in sorted(obj, key=str):
                 h.update(str(k).encode())
@@ -95,9 +100,14 @@ def state_hash(exp: Any) -> str:
         else:
             h.update(repr(obj).encode())
 
-    feed(exp.model.state_dict())
-    feed(exp.optimizer.state_dict())
+    for obj in objs:
+        feed(obj)
     return h.hexdigest()
+
+
+def state_hash(exp: Any) -> str:
+    """sha256 of the model's state (parameters, buffers, extra state) and the optimizer's."""
+    return digest(exp.model.state_dict(), exp.optimizer.state_dict())
 
 
 class DataParallel:
@@ -222,6 +232,21 @@ class DataParallel:
         total = t.detach().reshape(1).to(torch.float64) * own if own else t.new_zeros(1, dtype=torch.float64)
         dist.all_reduce(total)
         return (total / sum(self.sizes)).reshape(()).to(t.dtype)
+
+    def plan(self, plan: Any) -> Any:
+        """Rank 0's structural ``plan``, broadcast to every rank, which applies it.
+
+        Every rank derived its own plan from the same inputs; one that derived
+        another (its decision drifted) fails the run here, before any surgery,
+        instead of training a different model under the same run.
+        """
+        box = [plan if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, device=self.comm_device)
+        chosen = box[0]
+        if self.rank != 0 and digest(chosen) != digest(plan):
+            raise LockstepError(f"rank {self.rank} derived another structural plan than rank 0 at step "
+                                f"{self._step}: {type(plan).__name__} vs rank 0's {type(chosen).__name__}")
+        return chosen
 
     # -- debugging -------------------------------------------------------------------
     def _record(self, why: str) -> None:
