@@ -35,6 +35,10 @@ def _drive(bus: EventBus) -> None:
     bus.publish(ev.SeedTransition("s0", "fc1", "training", "blending", epoch=2, reason="loss converged"))
     bus.publish(_epoch(2, "blending"))
     bus.publish(ev.NonFiniteLoss(step=51, epoch=2, value=float("inf")))
+    bus.publish(ev.Milestone(step=52, epoch=2, name="warmup_stable", detail="val loss 0.75 stable"))
+    bus.publish(ev.Decision(step=53, epoch=2, kind="head_prune",
+                            payload={"round": 1, "outcome": "kept", "val_loss_after": 1.234567,
+                                     "importance": {"blocks.0.attn": [0.5, 0.5]}}))
     bus.publish(ev.RunEnded("r1", "finished", {"val_accuracy": 0.8125}))
 
 
@@ -58,6 +62,8 @@ def test_plain_mode_logs_one_line_per_epoch(caplog: pytest.LogCaptureFixture) ->
                        "best=87.50% grad=1.5 lr=3.00e-03 4,321 samples/s 1.25s plateau 2/5 "
                        "seeds s0:blending@0.50"),
         (logging.WARNING, "epoch 3, step 51: non-finite loss inf"),
+        (logging.INFO, "epoch 3, step 52: warmup stable: val loss 0.75 stable"),
+        (logging.INFO, "epoch 3, step 53: head prune (outcome kept, round 1, val_loss_after 1.235)"),
         (logging.INFO, "run r1 finished val_accuracy=0.8125"),
     ]
     assert stream.getvalue() == ""  # plain mode never writes to the stream itself

@@ -88,6 +88,7 @@ class ConsoleSink:
             ev.RunStarted: self._on_run_started, ev.EpochCompleted: self._on_epoch,
             ev.SeedTransition: self._on_transition, ev.NonFiniteLoss: self._on_nonfinite,
             ev.Rollback: self._on_rollback, ev.LossExplosion: self._on_explosion,
+            ev.Milestone: self._on_milestone, ev.Decision: self._on_decision,
             ev.RunEnded: self._on_run_ended,
         }
         if self.mode == "rich":
@@ -145,6 +146,18 @@ class ConsoleSink:
     def _on_rollback(self, e: ev.Rollback) -> None:
         self._say(logging.WARNING, f"rollback {e.attempt}/{e.max_rollbacks}: back to epoch {e.to_epoch + 1} "
                   f"(step {e.to_step}), learning rate x{e.lr_scale:g}")
+
+    def _on_milestone(self, e: ev.Milestone) -> None:
+        detail = f": {e.detail}" if e.detail else ""
+        self._say(logging.INFO, f"epoch {e.epoch + 1}, step {e.step}: {e.name.replace('_', ' ')}{detail}")
+
+    def _on_decision(self, e: ev.Decision) -> None:
+        # The payload's scalar figures only (round, outcome, losses, ...): its per-unit
+        # scores and lists belong in decisions.jsonl, not on a console line.
+        figures = [f"{k} {_num(v, '.4g') if isinstance(v, float) else v}" for k, v in e.payload.items()
+                   if isinstance(v, (str, int, float, bool))][:8]
+        self._say(logging.INFO, f"epoch {e.epoch + 1}, step {e.step}: {e.kind.replace('_', ' ')}"
+                  + (f" ({', '.join(figures)})" if figures else ""))
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
         finals = " ".join(f"{k}={_num(v)}" for k, v in e.metrics.items())
