@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from engine.data import shakespeare
-from engine.data.text import TextSource, builtin_source, read_text_file
 from engine.errors import ConfigError
 from engine.fsutil import atomic_write_text
+
+if TYPE_CHECKING:  # engine.data.text imports torch: only when a corpus is read
+    from engine.data.text import TextSource
 
 log = logging.getLogger("engine.cli")
 
@@ -34,6 +37,8 @@ def load_source(source: str, max_chars: int = 0) -> TextSource:
     non-UTF-8 or too short file names ``source``; a built-in corpus that cannot
     be fetched names ``text_file``, as it does for a run.
     """
+    from engine.data.text import builtin_source, read_text_file
+
     corpus = BUILTIN_SOURCES.get(source.strip().lower())
     if corpus is not None:
         return builtin_source(corpus, max_chars)

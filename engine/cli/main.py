@@ -20,7 +20,6 @@ from engine.cli.export import export as export_cmd
 from engine.cli.options import config_options, given
 from engine.cli.report import report as report_cmd
 from engine.cli.stack import stack
-from engine.cli.wiring import EXIT_CODES, console_mode_is_rich, execute_run
 from engine.config import RunConfig, build_config, load_yaml
 from engine.errors import ConfigError
 from engine.identity import RunIdentity, new_identity
@@ -28,6 +27,9 @@ from engine.resume import RESUME_TRAIN_KEYS, resume_config
 from engine.sweep.executor import EXECUTORS, METRICS_HOST_ENV, Executor, make_executor
 
 log = logging.getLogger("engine.cli")
+
+#: Exit code of each final run status (see the module docstring).
+EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -104,6 +106,8 @@ def cli(ctx: click.Context, sweep_config: Path | None, parallel: int | None, res
         return run_sweep_command(flat, cfg, sweep_config, parallel, file_sd_dir, executor=executor)
     if _data_parallel(cfg):
         return _run_data_parallel(cfg, None, fixed_run_dir)
+    from engine.cli.wiring import console_mode_is_rich, execute_run  # torch and the sinks: a run needs them
+
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
     identity, run_dir = _new_run_dir(cfg, fixed_run_dir)
     return _finish(execute_run(cfg, run_dir, identity=identity), run_dir)
@@ -158,6 +162,8 @@ def _resume(run_dir: Path, flat: dict[str, Any], parallel: int | None = None,
     cfg = resume_config(load_yaml(run_dir / "config.yaml"), flat)
     if _data_parallel(cfg):
         return _run_data_parallel(cfg, run_dir, None)
+    from engine.cli.wiring import console_mode_is_rich, execute_run
+
     _setup_logging(quiet=console_mode_is_rich(cfg.telemetry.console))
     return _finish(execute_run(cfg, run_dir, resume=True), run_dir)
 
@@ -178,6 +184,8 @@ def trial(run_dir: Path) -> int:
         cfg = cfg.model_copy(update={"telemetry": cfg.telemetry.model_copy(
             update={"metrics_host": os.environ[METRICS_HOST_ENV]})})
     _setup_logging(quiet=True)
+    from engine.cli.wiring import execute_run
+
     return EXIT_CODES.get(execute_run(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists()).status, 1)
 
 

@@ -29,9 +29,6 @@ from engine.training.trainer import Outcome, Trainer, pick_device
 log = logging.getLogger("engine.run")
 
 #: Process exit code per final run status (2 is reserved for bad input).
-EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}
-
-
 @contextmanager
 def run_logging(run_dir: Path) -> Iterator[None]:
     """Add ``run_dir/run.log`` to the root logger for the duration of a run."""
