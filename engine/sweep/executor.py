@@ -139,7 +139,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def _stop_with_parent(parent: int) -> Callable[[], None] | None:
+def stop_with_parent(parent: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the trial get SIGTERM when the sweep process dies.
 
     A coordinator killed by SIGKILL cannot forward a signal; without this its
@@ -172,7 +172,7 @@ class LocalExecutor:
         try:
             proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                    preexec_fn=_stop_with_parent(os.getpid()))
+                                    preexec_fn=stop_with_parent(os.getpid()))
         except BaseException:
             log_fh.close()
             raise

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.sweep.executor import METRICS_HOST_ENV, _stop_with_parent, read_endpoint
+from engine.sweep.executor import METRICS_HOST_ENV, stop_with_parent, read_endpoint
 
 
 def pack_dir(path: Path) -> bytes:
@@ -84,7 +84,7 @@ class TrialActor:
                 # (which the signal is tied to) lives until the trial ends: it waits below.
                 self._proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               env=child_env, cwd=str(local), start_new_session=True,
-                                              preexec_fn=_stop_with_parent(os.getpid()))
+                                              preexec_fn=stop_with_parent(os.getpid()))
                 self._dir = local
             rc = self._proc.wait()
             return rc, None if scratch is None else pack_dir(local)
