@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -109,6 +110,19 @@ def test_unsupported_settings_are_rejected_up_front(tmp_path: Path, flags: list[
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0], r.stderr
     assert not (tmp_path / "runs").exists()  # nothing launched, nothing written
+
+
+def test_a_busy_metrics_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Rank 0 finds the port busy once the ranks run: still one line, no launcher noise."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(["--nproc", "2", "--metrics_port", str(port), "--console", "off", "--no_tensorboard",
+                 "--warm_up_epochs", "1", "--adaptation_epochs", "1", "--output_dir", str(tmp_path)], timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "metrics_port" in lines[0] and "busy" in lines[0], r.stderr
 
 
 def test_a_dead_rank_ends_the_group_with_a_nonzero_exit_and_the_run_resumes(tmp_path: Path) -> None:

@@ -78,13 +78,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
                           local_addr="127.0.0.1", max_restarts=0, monitor_interval=0.2)
-    log.info("launching %d ranks", nproc)
+    log.debug("launching %d ranks", nproc)
     try:
         elastic_launch(config, sys.executable)("-m", "engine", *argv)
     except ChildFailedError as exc:
         codes = {rank: f.exitcode for rank, f in exc.failures.items()}
-        log.error("data-parallel run ended with failed ranks (exit codes %s)", codes)
         first = codes.get(0)
+        if first == 2:  # bad input: rank 0 printed its one line, the others were stopped
+            return 2
+        log.error("data-parallel run ended with failed ranks (exit codes %s)", codes)
         return first if isinstance(first, int) and first > 0 else 1
     except SignalException as exc:
         log.warning("launcher received %s: ranks stopped", exc.sigval.name)
