@@ -19,7 +19,8 @@ from engine.mechanisms.head_importance import (
 )
 from engine.mechanisms.head_plans import prune_plans
 from engine.models.char_transformer import CharTransformer
-from engine.surgery import apply_plans
+from engine.mechanisms.plans import PruneUnits
+from engine.surgery import apply_plan, apply_plans
 
 VOCAB, LAYERS, HEADS, D, BLOCK = 13, 2, 4, 32, 8
 HD = D // HEADS
@@ -44,25 +45,54 @@ def model_and_batches(dropout: float = 0.0, n: int = 3) -> tuple[CharTransformer
     return model, batches
 
 
+def sequences(batches: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Every sequence of every batch as its own one-row batch ([1, T] inputs and targets)."""
+    return [(x[i:i + 1], y[i:i + 1]) for x, y in batches for i in range(x.shape[0])]
+
+
 def finite_difference(model: CharTransformer, batches: list[tuple[Tensor, Tensor]],
                       eps: float = 1e-5) -> dict[str, Tensor]:
-    """mean over batches of |L(gate_h = 1 + eps) - L(gate_h = 1 - eps)| / 2 eps, per head, eval mode."""
+    """Mean over sequences of |L_x(gate_h = g + eps) - L_x(gate_h = g - eps)| / 2 eps, per head, eval mode."""
     model.eval()
     out = {}
+    seqs = sequences(batches)
     with torch.no_grad():
         for path, attn in model.attention_modules().items():
             vals = torch.zeros(attn.n_head, dtype=torch.float64)
             for h in range(attn.n_head):
-                for x, y in batches:
+                g = float(attn.head_gate[h])
+                for x, y in seqs:
                     loss = []
                     for sign in (1, -1):
-                        attn.head_gate[h] = 1 + sign * eps
+                        attn.head_gate[h] = g + sign * eps
                         loss.append(model.loss(x, y).item())
-                    attn.head_gate[h] = 1.0
+                    attn.head_gate[h] = g
                     vals[h] += abs(loss[0] - loss[1]) / (2 * eps)
-            out[path] = vals / len(batches)
+            out[path] = vals / len(seqs)
     model.train()
     return out
+
+
+def brute_force(model: CharTransformer, batches: list[tuple[Tensor, Tensor]],
+                signed: bool = False) -> dict[str, Tensor]:
+    """The definition, one backward per sequence: mean over sequences x of |dL_x/d head_gate| [n_head]
+    (a leaf copy of the [n_head] gate, no per-sequence probe). ``signed``: without the abs."""
+    model.eval()
+    attn = model.attention_modules()
+    saved = {p: a.head_gate for p, a in attn.items()}
+    total = {p: torch.zeros(a.n_head, dtype=torch.float64) for p, a in attn.items()}
+    seqs = sequences(batches)
+    for x, y in seqs:
+        leaves = {p: g.detach().clone().requires_grad_(True) for p, g in saved.items()}
+        for p, a in attn.items():
+            a.head_gate = leaves[p]
+        grads = torch.autograd.grad(model.loss(x, y), list(leaves.values()))
+        for p, g in zip(leaves, grads):
+            total[p] += g.double() if signed else g.double().abs()
+    for p, a in attn.items():
+        a.head_gate = saved[p]
+    model.train()
+    return {p: t / len(seqs) for p, t in total.items()}
 
 
 def test_importance_matches_finite_differences_and_touches_nothing() -> None:
@@ -71,7 +101,7 @@ def test_importance_matches_finite_differences_and_touches_nothing() -> None:
     norm, raw = head_importance(model, batches)
     assert model.training  # mode restored
     assert all(p.grad is None for p in model.parameters())  # autograd.grad: no .grad written
-    assert all(a.head_gate is gates[p] and not a.head_gate.requires_grad
+    assert all(a.head_gate is gates[p] and not a.head_gate.requires_grad and a.head_probe is None
                for p, a in model.attention_modules().items())
     fd = finite_difference(model, batches)  # eval mode: dropout off, as in head_importance
     assert raw.keys() == fd.keys() == {"blocks.0.attn", "blocks.1.attn"}
@@ -85,12 +115,61 @@ def test_importance_matches_finite_differences_and_touches_nothing() -> None:
     assert all(torch.equal(again[p], raw[p]) for p in raw)
 
 
-def test_abs_is_taken_per_batch() -> None:
+def test_abs_is_taken_per_sequence() -> None:
     model, batches = model_and_batches()
-    per_batch = [head_importance(model, [b]).raw for b in batches]
     raw = head_importance(model, batches).raw
+    want = brute_force(model, batches)
+    one_by_one = head_importance(model, sequences(batches)).raw  # batches of one sequence: the same
+    per_batch = [head_importance(model, [b]).raw for b in batches]  # equal batch sizes: mean of batch means
     for path in raw:
+        torch.testing.assert_close(raw[path].double(), want[path], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(one_by_one[path], raw[path], rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(raw[path], sum(r[path] for r in per_batch) / len(batches))
+
+
+def test_opposite_signs_do_not_cancel() -> None:
+    """Two sequences whose gradients for a head nearly cancel: the batch-mean gradient is ~0
+    (what a per-batch |dL/dxi| would score), the per-example importance is not."""
+    model, _ = model_and_batches()
+    g = torch.Generator().manual_seed(7)
+    cands = []
+    for _ in range(24):
+        x = torch.randint(0, VOCAB, (1, BLOCK), generator=g)
+        cands.append((x, torch.roll(x, 1, 1)))
+    path, h = "blocks.1.attn", 0
+    signed = [float(brute_force(model, [c], signed=True)[path][h]) for c in cands]
+    i, j = min(((i, j) for i in range(len(cands)) for j in range(i) if signed[i] * signed[j] < 0),
+               key=lambda ij: abs(signed[ij[0]] + signed[ij[1]]) / (abs(signed[ij[0]]) + abs(signed[ij[1]])))
+    batch = (torch.cat([cands[i][0], cands[j][0]]), torch.cat([cands[i][1], cands[j][1]]))  # [2, T]
+    model.eval()  # the per-batch score (the previous definition): |d batch-mean loss / d head_gate|
+    a = model.blocks[1].attn
+    saved, a.head_gate = a.head_gate, a.head_gate.detach().clone().requires_grad_(True)
+    batch_grad, = torch.autograd.grad(model.loss(*batch), [a.head_gate])
+    a.head_gate = saved
+    model.train()
+    per_example = float(head_importance(model, [batch]).raw[path][h])
+    want = (abs(signed[i]) + abs(signed[j])) / 2
+    assert math.isclose(per_example, want, rel_tol=1e-5)
+    assert math.isclose(abs(float(batch_grad[h])), abs(signed[i] + signed[j]) / 2, rel_tol=1e-5, abs_tol=1e-12)
+    assert abs(float(batch_grad[h])) < 0.2 * per_example  # the per-batch score nearly vanishes
+
+
+def test_unequal_head_widths_and_a_gated_head() -> None:
+    """Heads of unequal value width (padded layout) and a gate != 1: still the per-sequence derivative."""
+    model, batches = model_and_batches()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    unit = next(u for u in model.unit_layers() if u.name == "blocks.0.attn")
+    apply_plan(model, opt, PruneUnits(unit.layer, unit.next_layer, (1, 2, 3, 9, 30), unit.buffers))
+    a = model.blocks[0].attn
+    assert sorted(torch.bincount(a.v_head).tolist()) == [5, 7, 7, 8]  # head 0: 5 channels, 1 and 3: 7, 2: 8
+    a.head_gate[2] = 0.5
+    raw = head_importance(model, batches).raw
+    want = brute_force(model, batches)
+    fd = finite_difference(model, batches)
+    for path in raw:
+        torch.testing.assert_close(raw[path].double(), want[path], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(raw[path].double(), fd[path], rtol=1e-4, atol=1e-7)
+    assert torch.equal(a.head_gate, torch.tensor([1.0, 1.0, 0.5, 1.0], dtype=a.head_gate.dtype))
 
 
 def test_head_with_zero_output_columns_scores_zero() -> None:

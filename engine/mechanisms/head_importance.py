@@ -62,45 +62,56 @@ class HeadImportance(NamedTuple):
     """Head importance per attention path ([n_head] each): ``normalized, raw = head_importance(...)``."""
 
     normalized: dict[str, Tensor]  #: raw / its per-layer L2 norm: the scores compared across layers
-    raw: dict[str, Tensor]         #: mean over batches of |dL/dxi_h|
+    raw: dict[str, Tensor]         #: mean over sequences of |dL_x/dxi_h| (L_x: one sequence's mean loss)
 
 
 def head_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                     loss_fn: LossFn | None = None) -> HeadImportance:
-    """Michel et al.'s head importance ``I_h = mean over batches of |dL/dxi_h|`` per attention path.
+    """Michel et al.'s head importance ``I_h = E_x |dL(x)/dxi_h|`` per attention path, per example.
 
-    ``xi`` is each module's ``head_gate`` replaced, for the duration of the
-    call, by a leaf copy of itself that requires grad (ones unless heads are
-    being gated: the derivative is taken at the model as it is); ``L`` is the
-    batch's mean loss, so the absolute value is taken **per batch** (Michel
-    et al. take it per example; smaller batches approach that). Gradients come
-    from ``torch.autograd.grad`` (no parameter ``.grad`` is written). Returns
-    the raw values and each layer's values divided by their L2 norm
-    (:func:`normalize_per_layer`, the scores Michel et al. compare globally).
-    A head whose output cannot reach the loss (e.g. zero o columns) scores exactly 0.
+    ``x`` is one sequence (row of a batch) and ``L(x)`` its mean token loss;
+    the expectation is the mean over every sequence of every batch, so the
+    absolute value is taken **per sequence**, before averaging (with a
+    batch-mean loss, sequences whose gradients have opposite signs would
+    cancel). One backward pass per batch: each module's ``head_probe`` is set,
+    for the duration of the call, to a leaf [B, n_head] copy of ``head_gate``
+    (ones unless heads are being gated: the derivative is taken at the model as
+    it is) that requires grad; ``xi[b, h]`` only reaches sequence ``b`` (eval
+    mode: no dropout, nothing mixes sequences), so with the batch loss
+    ``L = mean_b L(x_b)``, ``B * dL/dxi[b, h] = dL(x_b)/dxi_h`` exactly.
+    ``loss_fn`` must therefore return the mean over the batch's sequences of a
+    per-sequence loss (the default ``model.loss``: equal-length sequences, so the
+    token mean is that). Gradients come from ``torch.autograd.grad`` (no
+    parameter ``.grad`` is written). Returns the raw values and each layer's
+    values divided by their L2 norm (:func:`normalize_per_layer`, the scores
+    Michel et al. compare globally). A head whose output cannot reach the loss
+    (e.g. zero o columns) scores exactly 0.
     """
     attn = _attention(model)
-    saved = {p: a.head_gate for p, a in attn.items()}
+    if any(a.head_probe is not None for a in attn.values()):
+        raise ParameterError("model", "a head_probe already set", "a model not being scored already")
     total = {p: torch.zeros(a.n_head, dtype=torch.float64) for p, a in attn.items()}
-    count = 0
+    count = 0  # sequences seen
     with _eval(model), torch.enable_grad():
         try:
-            probes = {p: g.detach().clone().requires_grad_(True) for p, g in saved.items()}  # [n_head] each
-            for p, a in attn.items():
-                a.head_gate = probes[p]
             for batch in batches:
                 x, y = _split(batch)
                 if y is None:
                     raise ParameterError("batches", "a bare input tensor", "(inputs, targets) pairs")
+                b = x.shape[0]
+                probes = {p: a.head_gate.detach().expand(b, -1).clone().requires_grad_(True)  # [B, n_head]
+                          for p, a in attn.items()}
+                for p, a in attn.items():
+                    a.head_probe = probes[p]
                 loss = model.loss(x, y) if loss_fn is None else loss_fn(model, x, y)  # type: ignore[operator]
-                grads = torch.autograd.grad(loss, list(probes.values()), allow_unused=True)
+                grads = torch.autograd.grad(loss, list(probes.values()), allow_unused=True)  # [B, n_head] each
                 for p, g in zip(probes, grads):
-                    if g is not None:
-                        total[p] += g.detach().abs().double().cpu()
-                count += 1
+                    if g is not None:  # per sequence: |dL(x_b)/dxi| = |B dL/dxi[b]|, summed over b -> [n_head]
+                        total[p] += (g.detach().double() * b).abs().sum(0).cpu()
+                count += b
         finally:
-            for p, a in attn.items():
-                a.head_gate = saved[p]
+            for a in attn.values():
+                a.head_probe = None
     if count == 0:
         raise ParameterError("batches", "no batches", "at least one (inputs, targets) batch")
     raw = {p: (t / count).float() for p, t in total.items()}

@@ -76,8 +76,10 @@ class CausalSelfAttention(nn.Module):
 
     ``head_gate`` [n_head] multiplies each head's output, i.e. ``y_pad [B, H, T, m] *
     gate.view(1, H, 1, 1)``, computed as the per-channel ``gain * head_gate[v_head]``
-    (the same product; two [channels] ops instead of a pass over y_pad). A leaf
-    tensor requiring grad assigned to ``head_gate`` makes it differentiable.
+    (the same product; two [channels] ops instead of a pass over y_pad).
+    ``head_probe`` [B, n_head] (None outside head scoring), when set, replaces
+    ``head_gate`` with one gate per sequence: a leaf requiring grad gives each
+    sequence's own d loss / d gate (per-example head importance).
     With ``record_entropy``, forward stores ``last_entropy`` [n_head]: attention
     entropy (nats) averaged over batch and all query positions, position 0 (one
     key, entropy 0) included: a uniform head gives ``mean(log(t + 1), t < T)``.
@@ -95,6 +97,7 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("v_head", torch.arange(n_head).repeat_interleave(head_dim))  # [channels] long
         self.register_buffer("v_slot", torch.arange(head_dim).repeat(n_head))  # [channels] long
         self.register_buffer("head_gate", torch.ones(n_head))  # [n_head] multiplies each head's output
+        self.head_probe: Tensor | None = None  # [B, n_head] per-sequence gate replacing head_gate while scoring
         self.resid_drop = nn.Dropout(dropout)
         self.record = False
         self.last_abs: Tensor | None = None  # [channels]
@@ -141,8 +144,9 @@ class CausalSelfAttention(nn.Module):
         if self.record_entropy:
             self.last_entropy = _entropy(q.detach(), k.detach())
         y = y_pad.transpose(1, 2).reshape(b, t, h * m)
-        gain = self.gain * self.head_gate.index_select(0, self.v_head)  # [channels]: head gate folded in
-        y = (y if scatter is None else y @ scatter.t().to(y.dtype)) * gain  # [B, T, channels]
+        gate = self.head_gate if self.head_probe is None else self.head_probe  # [H] or [B, H]
+        gain = self.gain * gate.index_select(-1, self.v_head)  # [channels] or [B, channels]: gate folded in
+        y = (y if scatter is None else y @ scatter.t().to(y.dtype)) * gain.unsqueeze(-2)  # [B, T, channels]
         if self.record:
             self.last_abs = y.detach().abs().mean((0, 1))
         return self.resid_drop(self.o(y))
