@@ -70,7 +70,9 @@ from monitoring import stack as ms
 
 FAMILIES = ("seeds", "neurogenesis", "plasticity", "apoptosis", "heads")
 SWEEP = "faults"
-MAX_BUSY = 8  # runs starting up or training at once (lingering, killed and stopped ones do not count)
+MAX_BUSY = 6  # runs starting up or training at once (lingering, killed and stopped ones do not count);
+# 6, not more: the suite's other xdist worker shares the two cores, and a starved Prometheus
+# missed a healthy run's final state within its 30 s linger (a false TargetDown) with 8
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
 GRACE = 3.0  # s after the last expected page for stray messages (fast stack: group_interval 1 s)
 DEADLINE = 420.0  # s for the whole schedule (five families, two cores)
