@@ -71,8 +71,8 @@ from monitoring import stack as ms
 FAMILIES = ("seeds", "neurogenesis", "plasticity", "apoptosis", "heads")
 SWEEP = "faults"
 MAX_BUSY = 6  # runs starting up or training at once (lingering, killed and stopped ones do not count);
-# 6, not more: the suite's other xdist worker shares the two cores, and a starved Prometheus
-# missed a healthy run's final state within its 30 s linger (a false TargetDown) with 8
+# 6, not more: the suite's other xdist worker shares the two cores, and with 8 a healthy run's
+# final state once went unscraped within its 30 s linger under that load (a false TargetDown)
 QUIET_WINDOW = 20.0  # s after a healthy/rollback run ended in which it still must page nobody
 GRACE = 3.0  # s after the last expected page for stray messages (fast stack: group_interval 1 s)
 DEADLINE = 420.0  # s for the whole schedule (five families, two cores)
