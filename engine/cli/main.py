@@ -56,11 +56,11 @@ def _setup_logging(quiet: bool) -> None:
               + ", ".join(f"--{k}" for k in RESUME_TRAIN_KEYS) + "; they are saved to its config.yaml, "
               "so a later --resume keeps them. Any other option is an error. A sweep directory "
               "(OUTPUT_DIR/sweeps/<sweep>) continues that sweep: settled trials are skipped, the others "
-              "run again or continue from their checkpoints; only --parallel and --file_sd_dir may be given.")
+              "run again or continue from their checkpoints; only --parallel, --file_sd_dir and the executor options may be given.")
 @click.option("--file_sd_dir", type=click.Path(path_type=Path), default=None,
               help="Where sweeps write Prometheus file_sd targets [default: OUTPUT_DIR/file_sd].")
 @click.option("--executor", "executor_name", type=click.Choice(EXECUTORS), default="local", show_default=True,
-              help="Where sweep trials run: local subprocesses, or Ray tasks on a Ray cluster "
+              help="Where sweep trials run: local subprocesses, or one Ray actor per trial on a Ray cluster "
               "(needs `pip install -r requirements-ray.txt`).")
 @click.option("--ray_address", default=None, metavar="HOST:PORT",
               help="Ray cluster of --executor ray [default: $RAY_ADDRESS, else a local Ray started for the sweep].")

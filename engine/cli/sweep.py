@@ -43,7 +43,8 @@ def resume_sweep_command(sweep_dir: Path, flat: dict[str, Any], parallel: int | 
     if flat:  # the saved settings define every trial; changing one would make other trials
         key = next(iter(flat))
         raise ConfigError(key, flat[key], "a sweep resumes with its saved settings; with --resume SWEEP_DIR "
-                          "give only --parallel and --file_sd_dir")
+                          "give only --parallel, --file_sd_dir and the executor options (--executor, --ray_address, "
+                          "--trial_cpus, --trial_gpus)")
     plan, saved_sd = load_plan(sweep_dir, parallel)
     _setup_logging()
     root = Path(build_config(plan.base).output_dir)
